@@ -306,10 +306,15 @@ class Decoder(nn.Module):
   embedder: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, encoder_tokens: Array, tokens: Array,
-               peft: peft_lib.PEFT = None, enable_dropout: bool = False, decode: bool = False):
+  def __call__(self, encoded: Array, encoder_tokens: Array, tokens: Array | None,
+               peft: peft_lib.PEFT = None, enable_dropout: bool = False, decode: bool = False,
+               embedded: Array | None = None, causal: bool = True, return_hidden: bool = False):
+    """Logits [batch, len, vocab]; `embedded` replaces token embeddings (HyperT5's learned
+    queries), `causal=False` lets every position see every other, and `return_hidden`
+    returns the final-norm hidden states instead of logits."""
     cfg, det = self.config, not enable_dropout
-    x = self.embedder(tokens).astype(_dtype(cfg.dtype))
+    x = self.embedder(tokens) if embedded is None else embedded
+    x = x.astype(_dtype(cfg.dtype))
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
     x = constrain(x, _EMBED_AXES)
     relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
@@ -326,15 +331,19 @@ class Decoder(nn.Module):
     else:
       if decode:  # init pass: create the position counter beside the layer caches
         self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      positions = jnp.arange(tokens.shape[1])
+      positions = jnp.arange(x.shape[1])
       bias = relpos(positions, positions)
       self_mask = (positions[None, :] <= positions[:, None])[None, None]
+      if not causal:
+        self_mask = jnp.ones_like(self_mask)
     cross_mask = (encoder_tokens > 0)[:, None, None, :]
     x = _run_layers(self, DecoderLayer, cfg.num_decoder_layers, x,
                     (encoded, self_mask, cross_mask, bias), peft_lib.layer_trees(peft, "decoder"),
                     tail_args=(position,), deterministic=det, decode=decode)
     x = RMSNorm(cfg, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
+    if return_hidden:
+      return x
     if cfg.tie_embeddings:
       x = x * (cfg.d_model ** -0.5)
       logits = self.embedder.attend(x)

@@ -1,0 +1,201 @@
+"""HyperT5: a T5 encoder-decoder that reads few-shot text and emits a `Prefix` or `LoRA`.
+
+The encoder reads `hyper_encoder_input_tokens`; the decoder reads N learned query embeddings
+(no tokens, no causal mask) and cross-attends to the encoded examples; generator heads map
+the N decoder outputs to the generated parameters of a frozen T5 of the same architecture:
+
+- HyperT5-Prefix: N = prefix length. Per block kind and per K/V: RMS norm -> MLP ->
+  layers x heads x head_dim, so query p becomes prefix position p of every layer.
+- HyperT5-LoRA: one query per (target, layer). A shared MLP per projection name (q, k, v,
+  o, ...) emits A (d_in x rank) and B (rank x d_out); B's output layer starts at zero, so
+  the initial delta is exactly zero and training starts from the frozen model.
+
+The body (embedder, encoder, decoder) has the downstream T5's parameter names, so it is
+initialised by copying the downstream checkpoint (`init_from_downstream`), as in the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hypert5.models import peft as peft_lib
+from hypert5.models.configs import T5Config
+from hypert5.models.t5 import Dense, Decoder, Embedder, Encoder, RMSNorm
+
+Array = jax.Array
+
+DEFAULT_LORA_TARGETS = (
+    ("encoder_self", "q"), ("encoder_self", "v"),
+    ("decoder_self", "q"), ("decoder_self", "v"),
+    ("decoder_cross", "q"), ("decoder_cross", "v"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperT5Config:
+  """HyperT5 over a downstream `t5` architecture (the body has the same architecture).
+
+  Defaults (ours; the paper leaves them open): 32 prefix positions for all three attention
+  kinds; generator MLP width 512; LoRA rank 8, alpha 16 (scale 2) on q and v of every
+  attention block.
+  """
+
+  t5: T5Config
+  peft_type: str = "prefix"  # "prefix" | "lora"
+  prefix_length: int = 32
+  prefix_kinds: tuple[str, ...] = peft_lib.ATTENTION_KINDS
+  head_hidden: int = 512
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  lora_targets: tuple[tuple[str, str], ...] = DEFAULT_LORA_TARGETS
+
+  def __post_init__(self):
+    if self.peft_type not in ("prefix", "lora"):
+      raise ValueError(f"HyperT5Config.peft_type={self.peft_type!r}; expected 'prefix' or 'lora'")
+    for kind in self.prefix_kinds:
+      peft_lib.check_kind(kind, peft_lib.ATTENTION_KINDS)
+    for kind, proj in self.lora_targets:
+      peft_lib.check_kind(kind, peft_lib.ATTENTION_KINDS + peft_lib.MLP_KINDS)
+      peft_lib.projection_dims(self.t5, proj)
+
+  @property
+  def num_queries(self) -> int:
+    if self.peft_type == "prefix":
+      return self.prefix_length
+    return sum(peft_lib.lora_shapes(self.t5, k, p, 1)[0][0] for k, p in self.lora_targets)
+
+  def replace(self, **changes: Any) -> "HyperT5Config":
+    return dataclasses.replace(self, **changes)
+
+
+class _MLPHead(nn.Module):
+  """RMS norm -> dense -> GELU: the shared trunk of a generator head."""
+  t5: T5Config
+  hidden: int
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    h = RMSNorm(self.t5, name="norm")(h)
+    h = Dense(self.hidden, ("embed", "mlp"), 1.0, self.t5, name="hidden")(h)
+    return jax.nn.gelu(h, approximate=True)
+
+
+class PrefixHead(nn.Module):
+  config: HyperT5Config
+
+  @nn.compact
+  def __call__(self, h: Array) -> peft_lib.Prefix:
+    """h [batch, P, d_model] -> Prefix with [batch, layers, P, heads, head_dim] leaves."""
+    cfg, t5 = self.config, self.config.t5
+    keys, values = {}, {}
+    for kind in cfg.prefix_kinds:
+      layers = peft_lib.lora_shapes(t5, kind, "q", 1)[0][0]
+      for name, out in (("key", keys), ("value", values)):
+        y = _MLPHead(t5, cfg.head_hidden, name=f"{kind}_{name}")(h)
+        y = Dense(layers * t5.inner_dim, ("mlp", "embed"), 1.0, t5,
+                  name=f"{kind}_{name}_out")(y)
+        y = y.reshape(h.shape[:2] + (layers, t5.num_heads, t5.head_dim))
+        out[kind] = jnp.swapaxes(y, 1, 2).astype(jnp.float32)
+    return peft_lib.Prefix(keys=keys, values=values)
+
+
+class LoRAHead(nn.Module):
+  config: HyperT5Config
+
+  @nn.compact
+  def __call__(self, h: Array) -> peft_lib.LoRA:
+    """h [batch, num_queries, d_model] (one row per target layer) -> LoRA."""
+    cfg, t5 = self.config, self.config.t5
+    r = cfg.lora_rank
+    trunks, a_out, b_out = {}, {}, {}
+    a_tree, b_tree = {}, {}
+    offset = 0
+    for kind, proj in cfg.lora_targets:
+      (layers, d_in, _), (_, _, d_out) = peft_lib.lora_shapes(t5, kind, proj, r)
+      if proj not in trunks:  # one MLP per projection name, shared across block kinds
+        trunks[proj] = _MLPHead(t5, cfg.head_hidden, name=f"{proj}_trunk")
+        # A ~ N(0, 1/d_in) per entry for unit-scale trunk outputs, like PEFT's init scale.
+        a_out[proj] = Dense(d_in * r, ("mlp", "embed"), 1.0 / d_in, t5, name=f"{proj}_a")
+        b_out[proj] = _ZeroDense(r * d_out, t5, name=f"{proj}_b")
+      x = trunks[proj](h[:, offset:offset + layers])
+      offset += layers
+      batch = h.shape[0]
+      a = a_out[proj](x).reshape(batch, layers, d_in, r)
+      b = b_out[proj](x).reshape(batch, layers, r, d_out)
+      a_tree.setdefault(kind, {})[proj] = a.astype(jnp.float32)
+      b_tree.setdefault(kind, {})[proj] = b.astype(jnp.float32)
+    return peft_lib.LoRA(a=a_tree, b=b_tree, alpha=cfg.lora_alpha)
+
+
+class _ZeroDense(nn.Module):
+  """Dense layer whose kernel starts at zero (B of LoRA: the initial delta is zero)."""
+  features: int
+  t5: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("mlp", "embed")),
+                        (x.shape[-1], self.features), jnp.dtype(self.t5.param_dtype))
+    return jnp.dot(x, kernel.astype(x.dtype))
+
+
+class HyperT5(nn.Module):
+  """few-shot tokens [batch, len] -> Prefix | LoRA with a leading batch axis."""
+  config: HyperT5Config
+
+  def setup(self):
+    t5 = self.config.t5
+    self.token_embedder = Embedder(t5)
+    self.encoder = Encoder(t5, self.token_embedder)
+    self.decoder = Decoder(t5, self.token_embedder)
+    self.queries = self.param(
+        "queries", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("prefix", "embed")),
+        (self.config.num_queries, t5.d_model), jnp.dtype(t5.param_dtype))
+    self.head = (PrefixHead if self.config.peft_type == "prefix" else LoRAHead)(self.config)
+
+  def __call__(self, hyper_encoder_input_tokens: Array,
+               enable_dropout: bool = False) -> peft_lib.Prefix | peft_lib.LoRA:
+    tokens = hyper_encoder_input_tokens
+    encoded = self.encoder(tokens, None, enable_dropout)
+    queries = jnp.broadcast_to(self.queries, (tokens.shape[0],) + self.queries.shape)
+    hidden = self.decoder(encoded, tokens, None, None, enable_dropout, embedded=queries,
+                          causal=False, return_hidden=True)
+    return self.head(hidden)
+
+
+BODY = ("token_embedder", "encoder", "decoder")
+
+
+def init_hyper_params(config: HyperT5Config, rng: Array, downstream_params: dict | None = None,
+                      hyper_len: int = 16) -> dict:
+  """Random HyperT5 parameters; with `downstream_params`, the body is copied from them."""
+  variables = HyperT5(config).init(rng, jnp.ones((1, hyper_len), jnp.int32))
+  params = nn.unbox(variables["params"])
+  if downstream_params is not None:
+    params = init_from_downstream(params, downstream_params)
+  return params
+
+
+def init_from_downstream(hyper_params: dict, downstream_params: dict) -> dict:
+  """Copies the downstream body (embedder, encoder, decoder minus its output layer)."""
+  params = dict(hyper_params)
+  for name in BODY:
+    src = downstream_params[name]
+    if name == "decoder":
+      src = {k: v for k, v in src.items() if k != "logits_dense"}
+    expected = jax.tree.structure(params[name])
+    if jax.tree.structure(src) != expected:
+      raise ValueError(f"downstream {name!r} parameters do not match the hypermodel body; "
+                       "are both built from the same T5Config (incl. scan_layers)?")
+    params[name] = jax.tree.map(jnp.array, src)
+  return params
+
+
+def abstract_hyper_params(config: HyperT5Config, hyper_len: int = 16) -> Any:
+  tokens = jax.ShapeDtypeStruct((1, hyper_len), jnp.int32)
+  return jax.eval_shape(HyperT5(config).init, jax.random.key(0), tokens)["params"]

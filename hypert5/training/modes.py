@@ -1,0 +1,129 @@
+"""Which parameters train: the four training modes behind one loss interface.
+
+Every mode splits the parameters into `trainable` (given gradients and optimizer state)
+and `frozen` (a separate pytree under stop_gradient: no weight gradients, never in the
+optimizer, so it costs its own memory only):
+
+- `hyper`:  trainable = HyperT5; frozen = the downstream T5. The paper's method.
+- `full`:   trainable = the downstream T5 itself; frozen = {}. The T5-MTF baseline (with or
+            without few-shot examples in its input: that is a data choice).
+- `prefix` / `lora`: trainable = one task's Prefix / LoRA (batch axis 1, shared by every
+            row); frozen = the downstream T5. Initialised randomly or from HyperT5's
+            generated values (the paper's hyper-init).
+
+Batches are dicts in the feature converter's layout (hyper_encoder_input_tokens,
+encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hypert5.models import hypermodel, peft as peft_lib, t5
+from hypert5.models.configs import T5Config
+from hypert5.training import losses
+
+MODES = ("hyper", "full", "prefix", "lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A training mode over a downstream T5 architecture.
+
+  `hyper` is needed for mode "hyper"; for "prefix"/"lora" it supplies the shapes (prefix
+  length, LoRA rank/targets/alpha), so tuning and hypermodel output are interchangeable.
+  """
+
+  mode: str
+  t5: T5Config
+  hyper: hypermodel.HyperT5Config | None = None
+  z_loss: float = 0.0
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"unknown training mode {self.mode!r}; expected one of {MODES}")
+    if self.mode != "full" and self.hyper is None:
+      raise ValueError(f"training mode {self.mode!r} needs a HyperT5Config (hyper=...) for "
+                       "the shapes of the generated parameters")
+
+  # -- parameters ------------------------------------------------------------------------
+
+  def init(self, rng: jax.Array, downstream_params: dict,
+           initial_peft: peft_lib.PEFT = None) -> tuple[Any, dict]:
+    """Returns (trainable, frozen)."""
+    if self.mode == "full":
+      return downstream_params, {}
+    if self.mode == "hyper":
+      return hypermodel.init_hyper_params(self.hyper, rng, downstream_params), downstream_params
+    if initial_peft is not None:
+      return _first_row(initial_peft), downstream_params
+    return self.random_peft(rng), downstream_params
+
+  def random_peft(self, rng: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:
+    """Random initial values for prefix / LoRA tuning (B = 0 for LoRA, as in PEFT)."""
+    h, cfg = self.hyper, self.t5
+    if self.mode == "prefix":
+      prefix = peft_lib.zero_prefix(cfg, 1, h.prefix_length, h.prefix_kinds)
+      keys = jax.random.split(rng, 2 * len(h.prefix_kinds))
+      rand = lambda k, x: jax.random.normal(k, x.shape, x.dtype)
+      ks = {n: rand(keys[2 * i], x) for i, (n, x) in enumerate(prefix.keys.items())}
+      vs = {n: rand(keys[2 * i + 1], x) for i, (n, x) in enumerate(prefix.values.items())}
+      return peft_lib.Prefix(keys=ks, values=vs)
+    a, b = {}, {}
+    for i, (kind, proj) in enumerate(h.lora_targets):
+      a_shape, b_shape = peft_lib.lora_shapes(cfg, kind, proj, h.lora_rank)
+      std = a_shape[1] ** -0.5
+      a.setdefault(kind, {})[proj] = std * jax.random.normal(jax.random.fold_in(rng, i),
+                                                              (1,) + a_shape)
+      b.setdefault(kind, {})[proj] = jnp.zeros((1,) + b_shape)
+    return peft_lib.LoRA(a=a, b=b, alpha=h.lora_alpha)
+
+  def abstract_trainable(self) -> Any:
+    """Trainable shapes with logical-axis metadata (for shardings), allocating nothing."""
+    if self.mode == "hyper":
+      return hypermodel.abstract_hyper_params(self.hyper)
+    if self.mode == "full":
+      return t5.abstract_params(self.t5)
+    return jax.eval_shape(self.random_peft, jax.random.key(0))
+
+  # -- forward ---------------------------------------------------------------------------
+
+  def generate(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
+               enable_dropout: bool = False) -> peft_lib.PEFT:
+    """The parameters this mode injects into the downstream model for `batch`."""
+    if self.mode == "hyper":
+      rngs = {"dropout": rng} if enable_dropout else {}
+      return hypermodel.HyperT5(self.hyper).apply(
+          {"params": trainable}, batch["hyper_encoder_input_tokens"], enable_dropout, rngs=rngs)
+    if self.mode == "full":
+      return None
+    return trainable
+
+  def logits(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
+             enable_dropout: bool = False) -> jax.Array:
+    gen_rng = down_rng = None
+    if enable_dropout:
+      gen_rng, down_rng = jax.random.split(rng)
+    peft = self.generate(trainable, frozen, batch, gen_rng, enable_dropout)
+    downstream = trainable if self.mode == "full" else jax.lax.stop_gradient(frozen)
+    rngs = {"dropout": down_rng} if enable_dropout else {}
+    return t5.T5(self.t5).apply({"params": downstream}, batch["encoder_input_tokens"],
+                                batch["decoder_input_tokens"], peft, enable_dropout, rngs=rngs)
+
+  def loss(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
+           enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, number of target tokens)."""
+    logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
+    return losses.cross_entropy(logits, batch["decoder_target_tokens"],
+                                batch.get("decoder_loss_weights"), self.z_loss)
+
+
+def _first_row(peft):
+  return jax.tree.map(lambda x: x[:1], peft)
+
+
+def count_params(tree: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
