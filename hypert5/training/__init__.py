@@ -1,0 +1,1 @@
+"""Training: partitioning, train state, optimizers, steps, checkpoint import/export."""
