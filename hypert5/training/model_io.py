@@ -214,12 +214,16 @@ def hf_config_to_t5config(hf: Mapping[str, Any], *, source: str = "config.json")
         f"{source}: feed_forward_proj={ffn!r} is not supported; expected 'relu' (T5 v1.0) "
         "or 'gated-gelu' (T5 v1.1 / LM-adapted / Flan-T5).")
   num_layers = g("num_layers")
+  # transformers >= 5 always writes tie_word_embeddings=true for T5 and records the
+  # d_model**-0.5 output scaling (what v1.0's tying implies) in scale_decoder_outputs; the
+  # head is then lm_head.weight when the file has one. Older configs only have the tie flag.
+  scaled = hf.get("scale_decoder_outputs", g("tie_word_embeddings"))
   return T5Config(
       vocab_size=g("vocab_size"), d_model=g("d_model"), d_ff=g("d_ff"),
       num_heads=g("num_heads"), head_dim=g("d_kv"),
       num_encoder_layers=num_layers,
       num_decoder_layers=hf.get("num_decoder_layers") or num_layers,
-      mlp_activations=_FFN[ffn], tie_embeddings=bool(g("tie_word_embeddings")),
+      mlp_activations=_FFN[ffn], tie_embeddings=bool(scaled),
       relative_attention_num_buckets=g("relative_attention_num_buckets"),
       relative_attention_max_distance=g("relative_attention_max_distance"),
       dropout_rate=float(g("dropout_rate")), layer_norm_eps=float(g("layer_norm_epsilon")))
@@ -243,7 +247,8 @@ def t5config_to_hf_config(config: T5Config) -> dict[str, Any]:
       "num_layers": config.num_encoder_layers,
       "num_decoder_layers": config.num_decoder_layers,
       "feed_forward_proj": ffn,
-      "tie_word_embeddings": config.tie_embeddings,
+      "tie_word_embeddings": config.tie_embeddings,  # what transformers 4.x reads
+      "scale_decoder_outputs": config.tie_embeddings,  # what transformers 5 reads
       "relative_attention_num_buckets": config.relative_attention_num_buckets,
       "relative_attention_max_distance": config.relative_attention_max_distance,
       "layer_norm_epsilon": config.layer_norm_eps,
@@ -499,6 +504,16 @@ def _load_hf(d: _Dir, config, overrides, dtype) -> tuple[T5Config, Params]:
     where = lambda n: d.name(owner[n] if n else files[0] if len(files) == 1  # noqa: E731
                              else "model.safetensors.index.json")
     _check_shapes(layout, shapes, kind="hf", where=where, config=config, ignored=ignored)
+    if config.tie_embeddings and "lm_head.weight" in shapes and not np.array_equal(
+        handles["lm_head.weight"].get_tensor("lm_head.weight"),
+        handles["shared.weight"].get_tensor("shared.weight")):
+      raise CheckpointError(
+          f"{where('lm_head.weight')}: 'lm_head.weight' differs from 'shared.weight' but the "
+          "config scales the decoder output by d_model**-0.5 as tied T5 v1.0 does "
+          "(tie_word_embeddings / scale_decoder_outputs). hypert5's T5 ties the two "
+          "(T5Config.tie_embeddings): a separate head with scaled outputs cannot be loaded. "
+          "If the model is untied and unscaled (T5 v1.1), set scale_decoder_outputs=false "
+          "and tie_word_embeddings=false in config.json.")
     flat = {}
     for p in layout:
       x = handles[p.hf].get_tensor(p.hf)

@@ -162,6 +162,26 @@ def test_hf_duplicates_and_dtype(tmp_path):
   np.testing.assert_array_equal(out["shared.weight"], emb)
 
 
+def test_hf_transformers5_tie_flags(tmp_path):
+  # transformers 5 writes tie_word_embeddings=true for every T5; scale_decoder_outputs and
+  # the presence of lm_head.weight say what the model really is.
+  c = CONFIGS["v1_1"]
+  src = write_fake_hf(tmp_path / "v5", c, cfg_edit={"tie_word_embeddings": True,
+                                                   "scale_decoder_outputs": False})
+  config, params = load_t5(tmp_path / "v5")
+  assert not config.tie_embeddings
+  np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], src["lm_head.weight"].T)
+  save_hf_t5(config, params, tmp_path / "out")
+  hf = json.load(open(tmp_path / "out" / "config.json"))
+  assert hf["tie_word_embeddings"] is False and hf["scale_decoder_outputs"] is False
+
+  # A head that differs from the embedding cannot be combined with tied-style scaling.
+  write_fake_hf(tmp_path / "bad", c, cfg_edit={"scale_decoder_outputs": True})
+  with pytest.raises(CheckpointError, match=r"model\.safetensors: 'lm_head\.weight' differs "
+                     r"from 'shared\.weight' but the config scales the decoder output"):
+    load_t5(tmp_path / "bad")
+
+
 def test_hf_sharded(tmp_path):
   c = CONFIGS["v1_1"]
   src = write_fake_hf(tmp_path / "one", c)
