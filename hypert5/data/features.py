@@ -1,0 +1,23 @@
+"""Output features of the two task shapes: hyper (few-shot text + query) and plain (query)."""
+from typing import Mapping
+
+import seqio
+
+from hypert5.data import vocab as vocab_lib
+
+HYPER_INPUTS = "hyper_inputs"
+
+
+def plain_features(vocabulary) -> Mapping[str, seqio.Feature]:
+  """`inputs` / `targets`, for the T5-MTF baselines and plain encoder-decoder training."""
+  v = vocab_lib.as_vocabulary(vocabulary)
+  return {
+      "inputs": seqio.Feature(v, add_eos=True, required=True),
+      "targets": seqio.Feature(v, add_eos=True, required=True),
+  }
+
+
+def hyper_features(vocabulary) -> Mapping[str, seqio.Feature]:
+  """`hyper_inputs` (what the hypermodel reads) plus the plain features."""
+  v = vocab_lib.as_vocabulary(vocabulary)
+  return {HYPER_INPUTS: seqio.Feature(v, add_eos=True, required=True), **plain_features(v)}

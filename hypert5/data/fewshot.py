@@ -1,0 +1,291 @@
+"""Few-shot assembly: choose K support examples per query and lay them out as tokens.
+
+Two steps, so that where the support comes from and how it is written stay separate:
+
+1. Support (text level), features `support_inputs` / `support_targets` ([K] strings):
+   - `sample_support`: per query, K other examples of the same task (`task_name`) drawn
+     from a pool of the task's first examples; never the query itself (no support example
+     shares the query's input text); deterministic under seqio's preprocessing seed.
+   - `fixed_support` / `select_support`: one K-shot set per task, chosen by a content hash
+     and a seed, so it is identical across runs and hosts and its parameters are generated
+     once; queries equal to a support example are dropped.
+   A source may also yield the support features itself (S-NI's positive examples, the
+   synthetic family); `sample_support` then leaves the example alone.
+
+2. Layout (token level), `format_few_shot`, with T5 sentinels as markers so the format
+   reads the same under SentencePiece and byte vocabularies:
+
+     [prefix] <extra_id_0> in_1 <extra_id_1> out_1 <extra_id_2> in_2 <extra_id_3> out_2 ...
+
+   Example i is marked by sentinels 2i (before its input) and 2i+1 (before its output): the
+   hypermodel has to be told which output belongs to which input. Into `inputs` (the
+   in-context baseline) the query follows as `<extra_id_2n> query <extra_id_2n+1>`.
+   Whole examples that do not fit are dropped (count in `fewshot_dropped`); only the prefix
+   or the query itself are ever cut mid-sequence, and that is counted in `<feature>_truncated`.
+"""
+import hashlib
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from hypert5.data import vocab as vocab_lib
+from hypert5.data.errors import DataError, where
+
+SUPPORT_INPUTS = "support_inputs"
+SUPPORT_TARGETS = "support_targets"
+HYPER_PREFIX = "hyper_prefix"
+# Each example takes two sentinels, the in-context query two more; T5 has 100.
+MAX_K = 49
+
+
+def check_k(k: int, task: Optional[str] = None) -> int:
+  if not 0 <= k <= MAX_K:
+    raise ValueError(f"{where(task=task)}k={k}: few-shot k must be in [0, {MAX_K}] "
+                     f"(two of the vocabulary's 100 sentinels mark each example).")
+  return k
+
+
+# ------------------------------------------------------------------ choosing support --
+
+
+def content_key(text) -> str:
+  """Identity of an example for "never the query itself": its input text, stripped."""
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  return text.strip()
+
+
+def select_support(examples: Sequence[Tuple[str, str]], k: int, seed: int,
+                   task: str) -> Tuple[Tuple[str, str], ...]:
+  """One deterministic K-shot set: the K distinct inputs with the smallest seeded hash.
+
+  Depends only on the set of examples, the seed and the task name: not on their order, the
+  host, or the process (no Python `hash`), so every host and every run picks the same set.
+  """
+  check_k(k, task)
+  by_key = {}
+  for inp, tgt in examples:
+    by_key.setdefault(content_key(inp), (inp, tgt))
+  if len(by_key) < k + 1:
+    raise DataError(
+        f"{where(task=task)}only {len(by_key)} distinct examples; a fixed {k}-shot set "
+        f"needs at least {k + 1} (k support examples and a query). Lower k or add examples.")
+
+  def rank(key: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{task}\x00{key}".encode()).digest()
+
+  return tuple(by_key[key] for key in sorted(by_key, key=rank)[:k])
+
+
+def without_support(examples: Sequence[Tuple], support: Sequence[Tuple[str, str]]):
+  """Drops queries whose input equals a support input (the query never sees itself)."""
+  keys = {content_key(inp) for inp, _ in support}
+  return [ex for ex in examples if content_key(ex[0]) not in keys]
+
+
+def fixed_support(dataset: tf.data.Dataset,
+                  support: Callable[[], Sequence[Tuple[str, str]]],
+                  prefix: Optional[str] = None) -> tf.data.Dataset:
+  """Adds the same support set (from `support()`, e.g. `select_support`) to every query.
+
+  `support` is called when the dataset is built, so registering a task reads no data.
+  Queries whose input equals a support input are dropped.
+  """
+  pairs = tuple(support())
+  inputs = tf.constant([p[0] for p in pairs], tf.string, shape=[len(pairs)])
+  targets = tf.constant([p[1] for p in pairs], tf.string, shape=[len(pairs)])
+  keys = tf.constant([content_key(p[0]) for p in pairs], tf.string, shape=[len(pairs)])
+
+  def keep(ex):
+    return tf.logical_not(tf.reduce_any(tf.equal(keys, tf.strings.strip(ex["inputs"]))))
+
+  def add(ex):
+    ex = dict(ex)
+    ex[SUPPORT_INPUTS], ex[SUPPORT_TARGETS] = inputs, targets
+    if prefix is not None:
+      ex[HYPER_PREFIX] = tf.constant(prefix)
+    return ex
+
+  return dataset.filter(keep).map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _materialize_pool(dataset: tf.data.Dataset, pool_size: int):
+  """The first `pool_size` (task_name, input, target) triples, as numpy object arrays."""
+  cols = dataset.map(lambda ex: (ex["task_name"], ex["inputs"], ex["targets"]),
+                     num_parallel_calls=tf.data.AUTOTUNE).take(pool_size).batch(4096)
+  names, inputs, targets = [], [], []
+  for n, i, t in cols.as_numpy_iterator():
+    names.append(n), inputs.append(i), targets.append(t)
+  if not names:
+    return (np.zeros([0], object),) * 3
+  return tuple(np.concatenate(c) for c in (names, inputs, targets))
+
+
+def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
+                   source: Optional[str] = None) -> tf.data.Dataset:
+  """Per query, K other examples of the same task from a pool of the task's first examples.
+
+  The pool is read once when the dataset is built: the first `pool_size` examples of this
+  dataset, de-duplicated by input text. A support example never has the query's input text
+  (which covers the query itself and any duplicate of it). Seeds come from seqio's
+  `map_over_dataset` seed manager: `task.get_dataset(seed=s)` is deterministic.
+
+  Needs string features `task_name`, `inputs`, `targets`. No-op when the source already
+  provides `support_inputs` (a fixed set) or k == 0. `source` names the data in errors.
+  """
+  check_k(k)
+  if SUPPORT_INPUTS in dataset.element_spec or k == 0:
+    return dataset
+  names, inputs, targets = _materialize_pool(dataset, pool_size)
+  if len(names) == 0:
+    raise DataError(f"{where(path=source)}the dataset is empty, so there is nothing to "
+                    f"draw {k}-shot support from. Check the data path and split.")
+  # De-duplicate by (task, input) keeping first occurrences, then group by task.
+  seen, order = set(), []
+  for i, (n, x) in enumerate(zip(names, inputs)):
+    key = (n, content_key(x))
+    if key not in seen:
+      seen.add(key)
+      order.append(i)
+  order = np.array(sorted(order, key=lambda i: (names[i], i)), dtype=np.int64)
+  names, inputs, targets = names[order], inputs[order], targets[order]
+  task_names, starts, counts = np.unique(names, return_index=True, return_counts=True)
+  for name, count in zip(task_names, counts):
+    if count < k + 1:
+      raise DataError(
+          f"{where(path=source, task=name.decode())}only {count} distinct examples (in the "
+          f"first {pool_size}); {k}-shot support needs at least {k + 1} (k others besides "
+          f"the query). Lower k, raise pool_size, or add examples.")
+
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(task_names), tf.range(len(task_names), dtype=tf.int64)), -1)
+  starts, counts = tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)
+  pool_inputs, pool_targets = tf.constant(inputs), tf.constant(targets)
+  pool_keys = tf.strings.strip(pool_inputs)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def pick(ex, seed):
+    group = table.lookup(ex["task_name"])
+    tf.debugging.Assert(group >= 0, [
+        f"{where(path=source)}no few-shot pool for task", ex["task_name"],
+        f"(its examples come after the first {pool_size} of the dataset). Raise pool_size."])
+    start, count = starts[group], counts[group]
+    keys = pool_keys[start:start + count]
+    scores = tf.random.stateless_uniform(tf.shape(keys), seed)
+    scores = tf.where(tf.equal(keys, tf.strings.strip(ex["inputs"])), 2.0, scores)
+    _, idx = tf.math.top_k(-scores, k)
+    idx = idx + tf.cast(start, tf.int32)
+    ex = dict(ex)
+    ex[SUPPORT_INPUTS] = tf.gather(pool_inputs, idx)
+    ex[SUPPORT_TARGETS] = tf.gather(pool_targets, idx)
+    return ex
+
+  return pick(dataset)
+
+
+# ------------------------------------------------------------------------- layout --
+
+
+def encode_batch(vocabulary: seqio.Vocabulary, strings: tf.Tensor) -> tf.RaggedTensor:
+  """Tokenizes a [N] string tensor to a [N, None] ragged tensor (any seqio vocabulary)."""
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    chars = tf.strings.bytes_split(strings)  # one byte per element, as in ByteVocabulary
+    ids = tf.io.decode_raw(chars.flat_values, tf.uint8)[:, 0]
+    return chars.with_flat_values(tf.cast(ids, tf.int32) + 3)
+  ids = vocabulary.encode_tf(strings)
+  if not isinstance(ids, tf.RaggedTensor):
+    ids = tf.RaggedTensor.from_tensor(ids[tf.newaxis] if ids.shape.rank == 1 else ids)
+  return tf.cast(ids, tf.int32)
+
+
+def layout(prefix: tf.Tensor, segments: tf.RaggedTensor, query: Optional[tf.Tensor],
+           budget: Optional[int], vocab_size: int):
+  """Token layout of one example; returns (tokens, kept, dropped, truncated).
+
+  `segments` holds [in_1, out_1, in_2, out_2, ...] ([2K, None] tokens). Priority when over
+  `budget`: the query (cut last), then the prefix, then whole examples in order; only the
+  query and prefix are ever cut mid-sequence (`truncated` counts those tokens).
+  """
+  big = tf.int64.max // 4
+  budget_t = tf.constant(big if budget is None else budget, tf.int64)
+  truncated = tf.constant(0, tf.int64)
+  if query is not None:
+    q_len = tf.size(query, out_type=tf.int64)
+    q_keep = tf.maximum(tf.minimum(q_len, budget_t - 2), 0)
+    truncated += q_len - q_keep
+    query = query[:q_keep]
+    budget_t -= q_keep + 2
+  p_len = tf.size(prefix, out_type=tf.int64)
+  p_keep = tf.maximum(tf.minimum(p_len, budget_t), 0)
+  truncated += p_len - p_keep
+  budget_t -= p_keep
+
+  # Each segment s gets sentinel s in front: one dynamic_stitch instead of ragged concats
+  # (tf.data pays per op, and this runs once per example).
+  lengths = segments.row_lengths()
+  starts = tf.math.cumsum(lengths + 1, exclusive=True)
+  num_segments = tf.shape(lengths, out_type=tf.int64)[0]
+  seg_ids = segments.value_rowids()
+  flat = tf.dynamic_stitch(
+      [tf.cast(starts, tf.int32),
+       tf.cast(tf.range(tf.size(seg_ids, out_type=tf.int64)) + seg_ids + 1, tf.int32)],
+      [vocab_size - 1 - tf.range(tf.cast(num_segments, tf.int32)), segments.flat_values])
+  example_lengths = tf.reduce_sum(tf.reshape(lengths + 1, [-1, 2]), axis=1)
+  ends = tf.math.cumsum(example_lengths)
+  kept = tf.reduce_sum(tf.cast(ends <= budget_t, tf.int64))
+  end = tf.concat([[0], ends], 0)[kept]
+  parts = [prefix[:p_keep], flat[:end]]
+  if query is not None:
+    n = tf.cast(kept, tf.int32)
+    parts += [[vocab_size - 1 - 2 * n], query, [vocab_size - 2 - 2 * n]]
+  return tf.concat(parts, axis=0), kept, num_segments // 2 - kept, truncated
+
+
+def format_few_shot(dataset: tf.data.Dataset, sequence_length, output_features, *,
+                    into: str = "hyper_inputs",
+                    prefix_feature: str = HYPER_PREFIX,
+                    with_support: bool = True) -> tf.data.Dataset:
+  """Writes prefix + support examples (+ the query, when `into="inputs"`) as tokens.
+
+  Runs after `seqio.preprocessors.tokenize` (it reads the tokenized `inputs` when writing
+  into them) and before `preprocessors.trim_and_count`, leaving room for its EOS.
+  Adds int32 counters `fewshot_kept`, `fewshot_dropped` and `<into>_truncated`.
+  A missing prefix feature means no prefix; missing support features (or
+  `with_support=False`, as for the description-only oracle) mean zero examples.
+  """
+  vocabulary = output_features[into].vocabulary
+  vocab_size = vocabulary.vocab_size
+  max_k = min(MAX_K, (vocabulary.extra_ids - (2 if into == "inputs" else 0)) // 2)
+  length = (sequence_length or {}).get(into)
+  budget = None if length is None else length - int(output_features[into].add_eos)
+  has_prefix = prefix_feature in dataset.element_spec
+  has_support = with_support and SUPPORT_INPUTS in dataset.element_spec
+
+  if has_support:
+    k = dataset.element_spec[SUPPORT_INPUTS].shape[0]
+    if k is not None and k > max_k:
+      raise ValueError(f"{k} support examples per query, but the vocabulary's "
+                       f"{vocabulary.extra_ids} sentinels mark at most {max_k}.")
+
+  def fn(ex):
+    ex = dict(ex)
+    prefix = (encode_batch(vocabulary, ex[prefix_feature][None]).flat_values
+              if has_prefix else tf.zeros([0], tf.int32))
+    if has_support:  # [in_1, out_1, in_2, out_2, ...], encoded in one call
+      texts = tf.reshape(tf.stack([ex[SUPPORT_INPUTS], ex[SUPPORT_TARGETS]], axis=1), [-1])
+      segments = encode_batch(vocabulary, texts)
+    else:
+      segments = tf.RaggedTensor.from_row_lengths(
+          tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
+    query = tf.cast(ex["inputs"], tf.int32) if into == "inputs" else None
+    tokens, kept, dropped, truncated = layout(prefix, segments, query, budget, vocab_size)
+    ex[into] = tokens
+    ex["fewshot_kept"] = tf.cast(kept, tf.int32)
+    ex["fewshot_dropped"] = tf.cast(dropped, tf.int32)
+    ex[f"{into}_truncated"] = tf.cast(truncated, tf.int32)
+    return ex
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)

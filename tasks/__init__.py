@@ -1,0 +1,9 @@
+"""seqio tasks and mixtures. Importing this registers the file-free ones.
+
+File-free: `synthetic` (the embedded default) and `c4_caclm` (TFDS; read only when used).
+Tasks whose data lives in a user's directory are registered by a function taking the path,
+callable from gin: `tasks.sni.register`, `tasks.p3.register`, `tasks.metaicl.register`,
+`tasks.bigbench.register`, `tasks.caclm.register_text`.
+"""
+from tasks import caclm
+from tasks import synthetic
