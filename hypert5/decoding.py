@@ -107,9 +107,13 @@ def sample(model: T5, params, encoder_tokens: Array, max_length: int, peft=None,
 
 
 def beam_search(model: T5, params, encoder_tokens: Array, max_length: int, peft=None,
-                num_beams: int = 4, length_penalty: float = 1.0, eos_id: int = EOS_ID,
-                use_cache: bool = True) -> tuple[Array, Array]:
-  """Beam search; a finished hypothesis scores sum(log p) / length**length_penalty.
+                num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool = False,
+                eos_id: int = EOS_ID, use_cache: bool = True) -> tuple[Array, Array]:
+  """Beam search; a hypothesis scores sum(log p) / length**length_penalty.
+
+  A row stops once `num_beams` hypotheses have finished (`early_stopping`, as Hugging
+  Face's early_stopping=True) or once no alive beam can beat the worst finished one even at
+  max_length. At max_length, unfinished beams compete with the finished ones.
 
   Returns (tokens [batch, max_length] of the best hypothesis, its score [batch]).
   """
@@ -158,19 +162,27 @@ def beam_search(model: T5, params, encoder_tokens: Array, max_length: int, peft=
   def cond(state):
     i, _, alive_lp, _, fin_scores, _ = state
     # Stop once no alive beam can beat the worst kept finished one, even at max length.
-    best_possible = normalize(alive_lp[:, 0], jnp.array(max_length))
-    done = jnp.all(best_possible < fin_scores[:, -1])
+    full = fin_scores[:, -1] > NEG_INF / 2
+    if early_stopping:
+      done = jnp.all(full)
+    else:
+      best_possible = normalize(alive_lp[:, 0], jnp.array(max_length))
+      done = jnp.all(best_possible < fin_scores[:, -1])
     return (i < max_length) & ~done
 
   seqs = jnp.zeros((batch, k, max_length + 1), jnp.int32)
   alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
   fin_scores = jnp.full((batch, k), NEG_INF)
   state = (jnp.array(0), seqs, alive_lp, seqs, fin_scores, cache)
-  _, alive, alive_lp, fin, fin_scores, _ = jax.lax.while_loop(cond, body, state)
+  i, alive, alive_lp, fin, fin_scores, _ = jax.lax.while_loop(cond, body, state)
 
-  # Rows that never finished fall back to their best alive hypothesis.
-  no_finished = fin_scores[:, 0] <= NEG_INF / 2
-  alive_scores = normalize(alive_lp[:, 0], jnp.array(max_length))
-  best = jnp.where(no_finished[:, None], alive[:, 0], fin[:, 0])
-  score = jnp.where(no_finished, alive_scores, fin_scores[:, 0])
-  return _pad_after_eos(best[:, 1:], eos_id), score
+  # Beams still alive at max_length compete with the finished ones (an early stop leaves
+  # them out: they could not win, or the row already has num_beams finished).
+  reached_end = i >= max_length
+  alive_scores = jnp.where(reached_end, normalize(alive_lp, jnp.array(max_length)), NEG_INF)
+  scores = jnp.concatenate([fin_scores, alive_scores], axis=1)
+  best = jnp.argmax(scores, axis=1)
+  seqs = jnp.concatenate([fin, alive], axis=1)
+  tokens = jnp.take_along_axis(seqs, best[:, None, None], axis=1)[:, 0]
+  score = jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+  return _pad_after_eos(tokens[:, 1:], eos_id), score
