@@ -23,21 +23,21 @@ Two steps, so that where the support comes from and how it is written stay separ
    Whole examples that do not fit are dropped (count in `fewshot_dropped`); only the prefix
    or the query itself are ever cut mid-sequence, and that is counted in `<feature>_truncated`.
 """
-import hashlib
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from hypert5.data import vocab as vocab_lib
 from hypert5.data.errors import DataError, where
+from hypert5.data import support as support_lib
+from hypert5.data.support import content_key, select_support, without_support  # pylint: disable=unused-import
 
 SUPPORT_INPUTS = "support_inputs"
 SUPPORT_TARGETS = "support_targets"
 HYPER_PREFIX = "hyper_prefix"
 # Each example takes two sentinels, the in-context query two more; T5 has 100.
-MAX_K = 49
+MAX_K = support_lib.MAX_K
 
 
 def check_k(k: int, task: Optional[str] = None) -> int:
@@ -48,41 +48,6 @@ def check_k(k: int, task: Optional[str] = None) -> int:
 
 
 # ------------------------------------------------------------------ choosing support --
-
-
-def content_key(text) -> str:
-  """Identity of an example for "never the query itself": its input text, stripped."""
-  if isinstance(text, bytes):
-    text = text.decode("utf-8")
-  return text.strip()
-
-
-def select_support(examples: Sequence[Tuple[str, str]], k: int, seed: int,
-                   task: str) -> Tuple[Tuple[str, str], ...]:
-  """One deterministic K-shot set: the K distinct inputs with the smallest seeded hash.
-
-  Depends only on the set of examples, the seed and the task name: not on their order, the
-  host, or the process (no Python `hash`), so every host and every run picks the same set.
-  """
-  check_k(k, task)
-  by_key = {}
-  for inp, tgt in examples:
-    by_key.setdefault(content_key(inp), (inp, tgt))
-  if len(by_key) < k + 1:
-    raise DataError(
-        f"{where(task=task)}only {len(by_key)} distinct examples; a fixed {k}-shot set "
-        f"needs at least {k + 1} (k support examples and a query). Lower k or add examples.")
-
-  def rank(key: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{task}\x00{key}".encode()).digest()
-
-  return tuple(by_key[key] for key in sorted(by_key, key=rank)[:k])
-
-
-def without_support(examples: Sequence[Tuple], support: Sequence[Tuple[str, str]]):
-  """Drops queries whose input equals a support input (the query never sees itself)."""
-  keys = {content_key(inp) for inp, _ in support}
-  return [ex for ex in examples if content_key(ex[0]) not in keys]
 
 
 def fixed_support(dataset: tf.data.Dataset,
@@ -270,6 +235,7 @@ def format_few_shot(dataset: tf.data.Dataset, sequence_length, output_features, 
       raise ValueError(f"{k} support examples per query, but the vocabulary's "
                        f"{vocabulary.extra_ids} sentinels mark at most {max_k}.")
 
+  @tf.autograph.experimental.do_not_convert
   def fn(ex):
     ex = dict(ex)
     prefix = (encode_batch(vocabulary, ex[prefix_feature][None]).flat_values

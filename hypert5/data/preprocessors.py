@@ -23,6 +23,7 @@ def trim_and_count(dataset: tf.data.Dataset, sequence_length, output_features) -
   lengths = sequence_length or {}
   keys = [k for k in output_features if k in dataset.element_spec]
 
+  @tf.autograph.experimental.do_not_convert
   def fn(ex):
     ex = dict(ex)
     for k in keys:

@@ -40,7 +40,9 @@ def read_json(path: str, task: Optional[str] = None) -> Any:
 def read_jsonl(path: str, task: Optional[str] = None) -> List[Any]:
   """One JSON object a line (blank lines skipped); `.gz` is decompressed."""
   rows = []
-  for n, line in enumerate(_read_bytes(path, task).decode("utf-8").splitlines(), start=1):
+  # Split on "\n" only: str.splitlines() also splits on U+2028 and friends, which JSON
+  # strings may hold unescaped.
+  for n, line in enumerate(_read_bytes(path, task).decode("utf-8").split("\n"), start=1):
     if not line.strip():
       continue
     try:
