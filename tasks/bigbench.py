@@ -166,3 +166,6 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     pipelines.register_mixtures(PREFIX, split, names, modes)
   return {split: [n["hyper"] for n in names] for split, names in chosen.items()
           if "hyper" in modes}
+
+
+registry.gin_configurable(register, "tasks.bigbench")

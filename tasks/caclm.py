@@ -106,4 +106,6 @@ def register_text(patterns: Union[str, Sequence[str]], vocabulary=vocab_lib.DEFA
       preprocessors=_steps(span_length), metric_fns=[])
 
 
+registry.gin_configurable(register_c4, "tasks.caclm")
+registry.gin_configurable(register_text, "tasks.caclm")
 register_c4()

@@ -191,3 +191,5 @@ def _has_choices(directory: str, split: str, task: str) -> bool:
   feature = tf.train.Example.FromString(record).features.feature.get(CHOICES)
   return feature is not None and len(feature.bytes_list.value) > 0
 
+
+registry.gin_configurable(register, "tasks.p3")

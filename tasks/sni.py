@@ -99,7 +99,7 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
   """Registers every S-NI task file under `data_dir` and the sni_train / sni_test mixtures.
 
   Task lists come from `train_tasks` / `test_tasks`, else from `<split_dir>/{train,test}
-  _tasks.txt`; with neither, all tasks go into sni_train. Returns the mixtures' task names
+  _tasks.txt`; without a train list, every task that is not a test task trains. Returns the mixtures' task names
   per mode as {"train": [...], "test": [...]} (hyper mode) for inspection.
   """
   fewshot.check_k(k)
@@ -112,14 +112,14 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     raise DataError(f"{where(data_dir)}no S-NI task files (*.json) in {task_dir}. Point "
                     "data_dir at a natural-instructions checkout.")
   lists = {}
-  for split, given in (("train", train_tasks), ("test", test_tasks)):
+  for split, given in (("test", test_tasks), ("train", train_tasks)):
     list_file = os.path.join(data_dir, split_dir, f"{split}_tasks.txt")
     if given is not None:
       lists[split] = list(given)
     elif tf.io.gfile.exists(list_file):
       lists[split] = _read_list(list_file)
-    else:
-      lists[split] = sorted(files) if split == "train" and test_tasks is None else []
+    else:  # no list: train on every task that is not a test task
+      lists[split] = [] if split == "test" else sorted(set(files) - set(lists["test"]))
   for split, names in lists.items():
     missing = [n for n in names if n not in files]
     if missing:
@@ -142,4 +142,7 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
   for split in ("train", "test"):
     pipelines.register_mixtures(PREFIX, split, [registered[t] for t in lists[split]], modes)
   return {split: [pipelines.task_name(PREFIX, "hyper", registry.sanitize(t)) for t in names]
-          for split, names in lists.items()}
+          for split, names in sorted(lists.items(), reverse=True)}
+
+
+registry.gin_configurable(register, "tasks.sni")

@@ -276,4 +276,5 @@ def register(seed: int = 0, num_train: int = 4096, num_heldout: int = 64, k: int
   return family
 
 
+registry.gin_configurable(register, "tasks.synthetic")
 register()

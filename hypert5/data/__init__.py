@@ -9,5 +9,6 @@ from hypert5.data.converters import converter_for
 from hypert5.data.errors import DataError
 from hypert5.data.features import hyper_features
 from hypert5.data.features import plain_features
+from hypert5.data.performance import tf_data_options
 from hypert5.data.vocab import get_vocabulary
 from hypert5.data.vocab import sentinel_id

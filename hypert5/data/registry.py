@@ -42,3 +42,17 @@ def remove_prefixed(prefix: str, keep: Iterable[str] = ()) -> None:
 def sanitize(name: str) -> str:
   """A seqio-legal task-name fragment: letters, digits, `_`, `.`, `:`; others become `_`."""
   return "".join(c if c.isalnum() or c in "_.:" else "_" for c in name)
+
+
+def gin_configurable(fn, module: str):
+  """Makes a register function callable from gin as `@<module>.<name>()`; returns `fn`.
+
+  The function itself stays plain Python (gin binds at the edge). Re-importing a module
+  (e.g. `importlib.reload`) keeps the first registration instead of failing.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    gin.external_configurable(fn, name=fn.__name__, module=module)
+  except ValueError:  # already registered by an earlier import of the module
+    pass
+  return fn
