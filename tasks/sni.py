@@ -99,8 +99,8 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
   """Registers every S-NI task file under `data_dir` and the sni_train / sni_test mixtures.
 
   Task lists come from `train_tasks` / `test_tasks`, else from `<split_dir>/{train,test}
-  _tasks.txt`; without a train list, every task that is not a test task trains. Returns the mixtures' task names
-  per mode as {"train": [...], "test": [...]} (hyper mode) for inspection.
+  _tasks.txt`; without a train list, every task that is not a test task trains. Returns
+  the mixtures' hyper-mode task names, {"train": [...], "test": [...]}.
   """
   fewshot.check_k(k)
   task_dir = os.path.join(data_dir, "tasks")

@@ -29,9 +29,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from hypert5.data.errors import DataError, where
 from hypert5.data import support as support_lib
-from hypert5.data.support import content_key, select_support, without_support  # pylint: disable=unused-import
+from hypert5.data.errors import DataError, where
+# Re-exported: choosing a fixed set is pure Python (support.py), used here and by tasks.
+from hypert5.data.support import content_key, select_support, without_support  # noqa: F401
 
 SUPPORT_INPUTS = "support_inputs"
 SUPPORT_TARGETS = "support_targets"
@@ -134,9 +135,11 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
   @seqio.map_over_dataset(num_seeds=1)
   def pick(ex, seed):
     group = table.lookup(ex["task_name"])
-    tf.debugging.Assert(group >= 0, [
+    check = tf.debugging.Assert(group >= 0, [
         f"{where(path=source)}no few-shot pool for task", ex["task_name"],
         f"(its examples come after the first {pool_size} of the dataset). Raise pool_size."])
+    with tf.control_dependencies([check]):
+      group = tf.identity(group)
     start, count = starts[group], counts[group]
     keys = pool_keys[start:start + count]
     scores = tf.random.stateless_uniform(tf.shape(keys), seed)
@@ -229,11 +232,11 @@ def format_few_shot(dataset: tf.data.Dataset, sequence_length, output_features, 
   has_prefix = prefix_feature in dataset.element_spec
   has_support = with_support and SUPPORT_INPUTS in dataset.element_spec
 
-  if has_support:
-    k = dataset.element_spec[SUPPORT_INPUTS].shape[0]
-    if k is not None and k > max_k:
-      raise ValueError(f"{k} support examples per query, but the vocabulary's "
-                       f"{vocabulary.extra_ids} sentinels mark at most {max_k}.")
+  static_k = dataset.element_spec[SUPPORT_INPUTS].shape[0] if has_support else 0
+  too_many = (f"support examples per query exceed the {max_k} that the vocabulary's "
+              f"{vocabulary.extra_ids} sentinels can mark; lower k.")
+  if static_k is not None and static_k > max_k:
+    raise ValueError(f"{static_k} {too_many}")
 
   @tf.autograph.experimental.do_not_convert
   def fn(ex):
@@ -242,6 +245,10 @@ def format_few_shot(dataset: tf.data.Dataset, sequence_length, output_features, 
               if has_prefix else tf.zeros([0], tf.int32))
     if has_support:  # [in_1, out_1, in_2, out_2, ...], encoded in one call
       texts = tf.reshape(tf.stack([ex[SUPPORT_INPUTS], ex[SUPPORT_TARGETS]], axis=1), [-1])
+      if static_k is None:  # a marker past the sentinels would be an ordinary token
+        with tf.control_dependencies([tf.debugging.assert_less_equal(
+            tf.size(texts), 2 * max_k, message=too_many)]):
+          texts = tf.identity(texts)
       segments = encode_batch(vocabulary, texts)
     else:
       segments = tf.RaggedTensor.from_row_lengths(
@@ -255,3 +262,19 @@ def format_few_shot(dataset: tf.data.Dataset, sequence_length, output_features, 
     return ex
 
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def task_hyper_inputs(task: str, sequence_length, split: str = "validation") -> np.ndarray:
+  """The padded hyper tokens every query of a fixed-support task shares, for an evaluator
+  that generates the task's parameters once. Raises if the task's queries differ (a task
+  whose support is sampled per query has no single set)."""
+  provider = seqio.get_mixture_or_task(task)
+  ds = provider.get_dataset(sequence_length, split=split, shuffle=False)
+  rows = [ex["hyper_inputs"] for ex in ds.take(8).as_numpy_iterator()]
+  if not rows:
+    raise DataError(f"{where(task=task)}split {split!r} is empty.")
+  if any(not np.array_equal(rows[0], r) for r in rows[1:]):
+    raise ValueError(f"task {task}: queries of split {split!r} have different hyper inputs; "
+                     "its support is sampled per query, not one fixed K-shot set.")
+  length = sequence_length["hyper_inputs"]
+  return np.pad(rows[0], (0, length - len(rows[0]))).astype(np.int32)

@@ -5,7 +5,7 @@ functions are called again with new paths or settings; seqio's own `add` refuses
 duplicates. Mixtures are re-created after their tasks so they hold the current tasks.
 """
 import logging
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import seqio
 
@@ -28,15 +28,6 @@ def add_mixture(name: str, tasks: Sequence[Union[str, Tuple[str, Rate]]],
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
   return seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
-
-
-def remove_prefixed(prefix: str, keep: Iterable[str] = ()) -> None:
-  """Removes tasks and mixtures named `prefix*` (except `keep`), before a re-register."""
-  keep = set(keep)
-  for registry in (seqio.MixtureRegistry, seqio.TaskRegistry):
-    for name in list(registry.names()):
-      if name.startswith(prefix) and name not in keep:
-        registry.remove(name)
 
 
 def sanitize(name: str) -> str:

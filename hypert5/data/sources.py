@@ -3,7 +3,6 @@
 Every reader fails with a `DataError` naming the file, the task and what is wrong:
 malformed JSON (with line and column), an empty file, a missing field.
 """
-import functools
 import gzip
 import json
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence

@@ -7,9 +7,9 @@ Each task spec is `name:feature=length,...`, or `name:` + a preset (`synthetic`,
 `synthetic_icl`, `t5` = 1024/512/128). Tasks that need a path are registered first with
 `--register module:function` and `--register_kwargs` (JSON). Throughput counts examples
 through task preprocessing, the feature converter and batching (what the trainer pulls),
-with `performance.tf_data_options`, after a first batch that pays for graph building; truncation counts come from the task's
-`*_truncated` / `fewshot_dropped` features over the same number of examples. The benchmark
-suite can call `measure` and `truncation_stats` directly.
+with `performance.tf_data_options`, after a first batch that pays for graph building.
+Truncation counts come from the task's `*_truncated` / `fewshot_dropped` features. The
+benchmark suite can call `measure` and `truncation_stats` directly.
 """
 import argparse
 import importlib

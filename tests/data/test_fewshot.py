@@ -188,3 +188,17 @@ def test_fixed_support_drops_queries_equal_to_support():
     assert [x.decode() for x in ex["support_inputs"]] == [p[0] for p in support]
   with pytest.raises(DataError, match="task t: only 6 distinct examples; a fixed 6-shot"):
     fewshot.select_support([(r["inputs"], r["targets"]) for r in rows], 6, 0, "t")
+
+
+def test_more_support_than_sentinels_is_refused():
+  of = features.hyper_features(BYTES)
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter([{"inputs": "q", "targets": "a", "support_inputs": ["x"] * 50,
+                     "support_targets": ["y"] * 50}]),
+      output_signature={"inputs": tf.TensorSpec([], tf.string),
+                        "targets": tf.TensorSpec([], tf.string),
+                        "support_inputs": tf.TensorSpec([None], tf.string),
+                        "support_targets": tf.TensorSpec([None], tf.string)})
+  ds = fewshot.format_few_shot(seqio.preprocessors.tokenize(ds, of), None, of)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="exceed the 49 that"):
+    list(ds)

@@ -1,7 +1,6 @@
 """The synthetic family: seeded, file-free, held-out members disjoint from training ones."""
 import importlib
 
-import numpy as np
 import pytest
 import seqio
 
