@@ -278,3 +278,21 @@ def task_hyper_inputs(task: str, sequence_length, split: str = "validation") -> 
                      "its support is sampled per query, not one fixed K-shot set.")
   length = sequence_length["hyper_inputs"]
   return np.pad(rows[0], (0, length - len(rows[0]))).astype(np.int32)
+
+
+def encode_few_shot(vocabulary: seqio.Vocabulary, examples: Sequence[Tuple[str, str]],
+                    length: int, prefix: str = "") -> Tuple[np.ndarray, int]:
+  """hyper_inputs tokens for (input, output) examples outside any task, laid out exactly as
+  the tasks do (prefix, sentinel-marked whole examples, EOS), padded to `length`.
+
+  Returns (tokens [length] int32, number of examples that fit). For exporting parameters
+  for a new task from a file of examples.
+  """
+  texts = tf.constant([str(t) for pair in examples for t in pair], tf.string,
+                      shape=[2 * len(examples)])
+  prefix_ids = (encode_batch(vocabulary, tf.constant([prefix])).flat_values if prefix
+                else tf.zeros([0], tf.int32))
+  tokens, kept, _, _ = layout(prefix_ids, encode_batch(vocabulary, texts), None, length - 1,
+                              vocabulary.vocab_size)
+  ids = np.concatenate([tokens.numpy(), [vocabulary.eos_id]]).astype(np.int32)
+  return np.pad(ids, (0, length - len(ids))), int(kept)

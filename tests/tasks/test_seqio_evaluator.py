@@ -5,7 +5,7 @@ import seqio
 
 import task_fixtures as fx
 import tasks
-from hypert5.data import HyperFeatureConverter, fewshot, metrics
+from hypert5.data import HyperFeatureConverter, fewshot, get_vocabulary, metrics
 from tasks import p3
 
 
@@ -62,3 +62,16 @@ def test_task_hyper_inputs_for_generating_once():
   np.testing.assert_array_equal(tokens[:len(first)], first)
   with pytest.raises(ValueError, match="sampled per query"):
     fewshot.task_hyper_inputs("synthetic_train", lengths, split="validation")
+
+
+def test_encode_few_shot_matches_the_task_layout():
+  family = tasks.synthetic.FAMILY
+  lengths = family.sequence_lengths("hyper")
+  support = family.support(family.heldout_members[2])
+  tokens, kept = fewshot.encode_few_shot(get_vocabulary("byte"), support,
+                                         lengths["hyper_inputs"])
+  assert kept == len(support)
+  np.testing.assert_array_equal(
+      tokens, fewshot.task_hyper_inputs(tasks.synthetic.heldout_task_name(2), lengths, "test"))
+  short, kept = fewshot.encode_few_shot(get_vocabulary("byte"), support, 30, prefix="do:")
+  assert kept < len(support) and short[:3].tolist() == get_vocabulary("byte").encode("do:")
