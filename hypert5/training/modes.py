@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hypert5.models import hypermodel, peft as peft_lib, t5
+from hypert5.models import gisting, hypermodel, llama, peft as peft_lib, t5
 from hypert5.models.configs import T5Config
 from hypert5.training import losses
 
@@ -127,3 +127,87 @@ def _first_row(peft):
 
 def count_params(tree: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+# -- decoder-only (Llama) ----------------------------------------------------------------
+
+DECODER_MODES = ("hyper", "full", "lora", "prefix")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderObjective:
+  """The training modes over a decoder-only Llama, on DecoderOnlyFeatureConverter batches
+  (hyper_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights):
+
+  - `hyper`: HyperLlama; trainable = gist embeddings + hyper-stream LoRA, frozen = Llama.
+  - `full`: the Llama itself. With few_shot="in_context" batches this is the few-shot-in-
+    context baseline; `lora` is the same with HyperLlama's LoRA size on the frozen Llama.
+  - `prefix`: one task's Prefix (batch 1) on the frozen Llama, from random values or from
+    HyperLlama's (`init(..., initial_peft=gisting.generate_prefix(...))`).
+  `hyper` supplies the shapes (gist count = prefix length, LoRA rank / targets) in every
+  mode but `full`.
+  """
+
+  mode: str
+  llama: "llama.LlamaConfig"
+  hyper: "gisting.HyperLlamaConfig | None" = None
+  z_loss: float = 0.0
+
+  def __post_init__(self):
+    if self.mode not in DECODER_MODES:
+      raise ValueError(f"unknown decoder-only training mode {self.mode!r}; expected one of "
+                       f"{DECODER_MODES}")
+    if self.mode != "full" and self.hyper is None:
+      raise ValueError(f"decoder-only mode {self.mode!r} needs a HyperLlamaConfig (hyper=...)")
+
+  def init(self, rng: jax.Array, downstream_params: dict,
+           initial_peft: peft_lib.PEFT = None) -> tuple[Any, dict]:
+    """Returns (trainable, frozen)."""
+    if self.mode == "full":
+      return downstream_params, {}
+    if self.mode == "hyper":
+      return gisting.init_hyper_params(self.hyper, rng, downstream_params), downstream_params
+    if initial_peft is not None:
+      return _first_row(initial_peft), downstream_params
+    return self.random_peft(rng), downstream_params
+
+  def random_peft(self, rng: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:
+    if self.mode == "prefix":
+      return gisting.random_prefix(self.hyper, rng)
+    return gisting.random_lora(self.hyper, rng)
+
+  def abstract_trainable(self) -> Any:
+    if self.mode == "hyper":
+      return gisting.abstract_hyper_params(self.hyper)
+    if self.mode == "full":
+      return llama.abstract_params(self.llama)
+    return jax.eval_shape(self.random_peft, jax.random.key(0))
+
+  def abstract_frozen(self) -> Any:
+    return {} if self.mode == "full" else llama.abstract_params(self.llama)
+
+  def generate(self, trainable, frozen, batch: dict, rng=None,
+               enable_dropout: bool = False) -> peft_lib.PEFT:
+    """The parameters injected into the downstream Llama for `batch` (None for `full`)."""
+    if self.mode == "hyper":
+      return gisting.generate_prefix(self.hyper, trainable, jax.lax.stop_gradient(frozen),
+                                     batch["hyper_input_tokens"])
+    return None if self.mode == "full" else trainable
+
+  def logits(self, trainable, frozen, batch: dict, rng=None,
+             enable_dropout: bool = False) -> jax.Array:  # Llama has no dropout
+    tokens = batch["decoder_input_tokens"]
+    if self.mode == "full":
+      return gisting.downstream_logits(self.llama, trainable, tokens)
+    frozen = jax.lax.stop_gradient(frozen)
+    if self.mode == "hyper":
+      return gisting.hyper_logits(self.hyper, trainable, frozen, batch["hyper_input_tokens"],
+                                  tokens)
+    return gisting.downstream_logits(self.llama, frozen, tokens, trainable)
+
+  def loss(self, trainable, frozen, batch: dict, rng=None,
+           enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(sum of target-token losses, number of target tokens)."""
+    logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
+    return losses.cross_entropy(logits, batch["decoder_target_tokens"],
+                                batch["decoder_loss_weights"], self.z_loss)

@@ -90,26 +90,19 @@ def _check_batch(name, lengths, split, few_shot):
   return out
 
 
-@pytest.mark.parametrize("few_shot", ["hyper", "in_context"])
-def test_existing_tasks_convert_unchanged(tmp_path, few_shot):
+def test_existing_tasks_convert_unchanged(tmp_path):
   from tasks import bigbench, p3, sni, synthetic
   sni.register(str(fx.write_sni(tmp_path / "sni")), k=2, vocabulary="byte")
-  _check_batch("sni_train", {"hyper_inputs": 512, "inputs": 64, "targets": 32}, "train",
-               few_shot)
+  _check_batch("sni_train", {"hyper_inputs": 512, "inputs": 64, "targets": 32}, "train", "hyper")
   p3.register(str(fx.write_p3(tmp_path / "p3")), k=2, vocabulary="byte")
   _check_batch("p3_t0_train", {"hyper_inputs": 256, "inputs": 64, "targets": 8}, "train",
-               few_shot)
+               "hyper")
   bigbench.register(str(fx.write_bigbench_dir(tmp_path / "bb")), k=2, vocabulary="byte",
                     heldout=["colors"])
   _check_batch("bigbench_train", {"hyper_inputs": 256, "inputs": 96, "targets": 16}, "train",
-               few_shot)
-  lengths = synthetic.FAMILY.sequence_lengths("hyper")
-  _check_batch(synthetic.pipelines.task_name("synthetic", "hyper", "train"), lengths, "train",
-               few_shot)
-
-
-def test_icl_mode_task_converts_as_plain():
-  from tasks import synthetic
-  lengths = synthetic.FAMILY.sequence_lengths("icl")
-  _check_batch(synthetic.pipelines.task_name("synthetic", "icl", "train"), lengths, "train",
-               "none")
+               "hyper")
+  name = synthetic.pipelines.task_name("synthetic", "hyper", "train")
+  for few_shot in ("hyper", "in_context"):
+    _check_batch(name, synthetic.FAMILY.sequence_lengths("hyper"), "train", few_shot)
+  icl = synthetic.pipelines.task_name("synthetic", "icl", "train")
+  _check_batch(icl, synthetic.FAMILY.sequence_lengths("icl"), "train", "none")
