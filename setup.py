@@ -20,6 +20,7 @@ RUNTIME = [
     "tensorstore",
     "matplotlib",
     "tqdm",
+    "tensorboard",  # TensorBoard summaries (clu metric_writers); tensorflow no longer pulls it in
 ]
 
 setup(

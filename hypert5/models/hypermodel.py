@@ -174,7 +174,7 @@ BODY = ("token_embedder", "encoder", "decoder")
 def init_hyper_params(config: HyperT5Config, rng: Array, downstream_params: dict | None = None,
                       hyper_len: int = 16) -> dict:
   """Random HyperT5 parameters; with `downstream_params`, the body is copied from them."""
-  variables = HyperT5(config).init(rng, jnp.ones((1, hyper_len), jnp.int32))
+  variables = jax.jit(HyperT5(config).init)(rng, jnp.ones((1, hyper_len), jnp.int32))
   params = nn.unbox(variables["params"])
   if downstream_params is not None:
     params = init_from_downstream(params, downstream_params)

@@ -179,3 +179,18 @@ def projection_dims(config, proj: str) -> tuple[int, int]:
 
 def _num_layers(config, kind: str) -> int:
   return config.num_encoder_layers if kind.startswith("encoder") else config.num_decoder_layers
+
+
+def merge_lora(params: dict, lora: LoRA, config) -> dict:
+  """Folds a batch-1 LoRA into unscanned T5 params: kernel += A·B·(alpha/rank) per layer."""
+  if lora.batch_size != 1:
+    raise ValueError(f"merge_lora takes one task's LoRA (batch 1), got batch {lora.batch_size}")
+  merged = jax.tree.map(lambda x: x, params)  # new containers; leaves are replaced below
+  for kind, proj in lora.targets():
+    stack, module = _KIND_TO_MODULE[kind]
+    a, b = lora.a[kind][proj][0], lora.b[kind][proj][0]
+    for i in range(a.shape[0]):
+      layer = merged[stack][f"layers_{i}"][module][_PROJ_TO_PARAM[proj]]
+      delta = (a[i] @ b[i]) * lora.scale
+      layer["kernel"] = layer["kernel"] + delta.astype(layer["kernel"].dtype)
+  return merged

@@ -58,7 +58,7 @@ class MeshConfig:
       if num_devices % known:
         raise ValueError(f"MeshConfig {self}: {num_devices} devices do not divide by {known}")
       dims[dims.index(-1)] = num_devices // known
-    if math.prod(dims) != num_devices:
+    if math.prod(dims) > num_devices:
       raise ValueError(
           f"MeshConfig {self} needs {math.prod(dims)} devices but {num_devices} are visible; "
           "set data=-1 to use them all")
@@ -66,8 +66,10 @@ class MeshConfig:
 
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
+  """A mesh over the first prod(shape) devices (all of them when an axis is -1)."""
   devices = list(devices) if devices is not None else jax.devices()
   shape = config.shape(len(devices))
+  devices = devices[:math.prod(shape)]
   # Auto axes: Linen's logical constraints need them (make_mesh defaults to Explicit).
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)

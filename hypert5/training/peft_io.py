@@ -164,3 +164,91 @@ def save_peft_adapter(lora: peft_lib.LoRA, config: T5Config, adapter_dir: str | 
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+# -- generic Prefix / LoRA files (any block kinds; PEFT's formats cannot hold a Prefix) ----
+
+
+def _flatten(peft: peft_lib.Prefix | peft_lib.LoRA) -> tuple[dict[str, np.ndarray], dict]:
+  if isinstance(peft, peft_lib.Prefix):
+    tensors = {f"{part}/{kind}": np.asarray(x, np.float32)
+               for part, tree in (("keys", peft.keys), ("values", peft.values))
+               for kind, x in tree.items()}
+    return tensors, {"type": "prefix"}
+  tensors = {f"{part}/{kind}/{proj}": np.asarray(x, np.float32)
+             for part, tree in (("a", peft.a), ("b", peft.b))
+             for kind, projs in tree.items() for proj, x in projs.items()}
+  return tensors, {"type": "lora", "alpha": repr(float(peft.alpha))}
+
+
+def _unflatten(tensors: dict[str, np.ndarray], meta: dict, where: str):
+  kind_of = meta.get("type")
+  if kind_of == "prefix":
+    trees: dict[str, dict] = {"keys": {}, "values": {}}
+    for name, x in tensors.items():
+      part, kind = name.split("/")
+      trees[part][kind] = x
+    return peft_lib.Prefix(keys=trees["keys"], values=trees["values"])
+  if kind_of == "lora":
+    trees = {"a": {}, "b": {}}
+    for name, x in tensors.items():
+      part, kind, proj = name.split("/")
+      trees[part].setdefault(kind, {})[proj] = x
+    return peft_lib.LoRA(a=trees["a"], b=trees["b"], alpha=float(meta["alpha"]))
+  raise CheckpointError(f"{where}: metadata type={kind_of!r}; not a file written by "
+                        "save_peft_safetensors / save_peft_orbax")
+
+
+def save_peft_safetensors(peft, path: str) -> str:
+  tensors, meta = _flatten(peft)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  safetensors.numpy.save_file(tensors, tmp, metadata=meta)
+  os.replace(tmp, path)
+  return path
+
+
+def load_peft_safetensors(path: str):
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: no such file (expected a .safetensors written by "
+                          "`hypert5 export`)")
+  with safetensors.safe_open(path, framework="numpy") as f:
+    meta = f.metadata() or {}
+    tensors = {k: f.get_tensor(k) for k in f.keys()}
+  return _unflatten(tensors, meta, path)
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for name, x in flat.items():
+    *parents, leaf = name.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = x
+  return tree
+
+
+def save_peft_orbax(peft, directory: str) -> str:
+  """An Orbax checkpoint of the arrays (nested by part/kind[/proj]) + meta.json beside."""
+  import orbax.checkpoint as ocp
+  tensors, meta = _flatten(peft)
+  directory = os.path.abspath(directory)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, "arrays"), _nest(tensors), force=True)
+  with open(os.path.join(directory, "meta.json"), "w") as f:
+    json.dump(meta, f)
+  return directory
+
+
+def load_peft_orbax(directory: str):
+  import jax
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(directory)
+  with open(os.path.join(directory, "meta.json")) as f:
+    meta = json.load(f)
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(os.path.join(directory, "arrays"))
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  return _unflatten(flat, meta, directory)

@@ -102,10 +102,12 @@ def state_shardings(objective: modes.Objective, optimizer: optax.GradientTransfo
   rep = partitioning.replicated(mesh)
   # Optimizer slots shaped like their parameter share its sharding; factored statistics
   # (smaller shapes) and counters are replicated.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # multi_transform's other group
   opt_sh = optax.tree_map_params(
-      optimizer, lambda s, sh, p: sh if getattr(s, "shape", None) == p.shape else rep,
+      optimizer,
+      lambda s, sh, p: s if masked(s) else sh if getattr(s, "shape", None) == p.shape else rep,
       opt_abstract, param_sh, abstract,
-      transform_non_params=lambda _: rep)
+      transform_non_params=lambda _: rep, is_leaf=masked)
   return TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
 
 

@@ -37,8 +37,9 @@ def reference():
 
 def test_mesh_config_validates():
   assert partitioning.MeshConfig(data=-1, fsdp=2, model=2).shape(8) == (2, 2, 2)
-  with pytest.raises(ValueError, match="needs 4 devices but 8"):
-    partitioning.MeshConfig(data=2, fsdp=2, model=1).shape(8)
+  assert partitioning.MeshConfig(data=1, fsdp=1, model=1).shape(8) == (1, 1, 1)
+  with pytest.raises(ValueError, match="needs 16 devices but 8"):
+    partitioning.MeshConfig(data=4, fsdp=2, model=2).shape(8)
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])

@@ -1,0 +1,413 @@
+"""Run modes, configured by gin: train, eval, infer, export, bench.
+
+`experiment(...)` gathers what every mode shares (MODEL_DIR, model, training mode, data,
+optimizer, trainer, mesh); each mode function adds its own few settings. This is the edge
+of the program: gin is imported here and in main.py only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hypert5.usage import UsageError, required as _required
+from hypert5.models import hypermodel, peft as peft_lib, t5
+from hypert5.models.configs import T5Config
+from hypert5.training import (checkpoints, evaluation, flops, model_io, modes, optimizers,
+                              partitioning, peft_io, trainer as trainer_lib)
+
+log = logging.getLogger("hypert5")
+
+MODEL_KEYS = ("hyper_encoder_input_tokens", "encoder_input_tokens", "decoder_input_tokens",
+              "decoder_target_tokens", "decoder_loss_weights")
+
+
+@dataclasses.dataclass
+class Experiment:
+  model_dir: str
+  objective: modes.Objective
+  mixture: str
+  task_feature_lengths: dict
+  batch_size: int
+  optimizer: optimizers.OptimizerConfig
+  trainer: trainer_lib.TrainerConfig
+  mesh: partitioning.MeshConfig
+  downstream_checkpoint: str | None
+  initial_peft: str | None
+  eval_mixture: str | None
+  eval_split: str
+  eval_batch_size: int
+  num_beams: int
+
+
+@gin.configurable
+def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
+               model: T5Config = gin.REQUIRED, hyper: hypermodel.HyperT5Config | None = None,
+               downstream_checkpoint: str | None = None, initial_peft: str | None = None,
+               mixture: str = gin.REQUIRED, task_feature_lengths: dict = gin.REQUIRED,
+               batch_size: int = 32,
+               optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
+               trainer: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
+               mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+               eval_mixture: str | None = None, eval_split: str = "validation",
+               eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0) -> Experiment:
+  """Everything a run needs. `downstream_checkpoint` is a Hugging Face or T5X directory
+  (hypert5.load_t5); `initial_peft` a safetensors file written by `hypert5 export` (the
+  hyper-init for prefix/LoRA tuning)."""
+  model_dir = _required(model_dir, "MODEL_DIR")
+  mixture = _required(mixture, "MIXTURE")
+  try:
+    objective = modes.Objective(mode, _required(model, "experiment.model"), hyper, z_loss)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
+                    optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
+                    eval_mixture, eval_split, eval_batch_size, num_beams)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def _provider(name: str):
+  import seqio
+  import tasks  # noqa: F401  registers the file-free tasks
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    known = sorted(seqio.MixtureRegistry.names()) + sorted(seqio.TaskRegistry.names())
+    close = [k for k in known if name.split("_")[0] in k][:8]
+    raise UsageError(f"unknown task or mixture {name!r}; similar registered names: {close} "
+                     "(tasks in user directories are registered by tasks.<family>.register "
+                     "in a gin file)") from e
+
+
+def _converter(name: str):
+  from hypert5.data import converters
+  # Our T5 takes no segment ids, so plain tasks are padded rather than packed.
+  return converters.converter_for(_provider(name), pack=False)
+
+
+def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> Iterator[dict]:
+  """Deterministic, endless batches of this host's share; skips `start` batches (resume)."""
+  import seqio
+  from hypert5.data import performance
+  num_hosts = jax.process_count()
+  if exp.batch_size % num_hosts:
+    raise UsageError(f"batch_size {exp.batch_size} does not divide over {num_hosts} hosts")
+  ds = seqio.get_dataset(
+      _provider(exp.mixture), exp.task_feature_lengths, _converter(exp.mixture),
+      dataset_split="train", shuffle=True, num_epochs=None,
+      seed=exp.trainer.seed if seed is None else seed,
+      batch_size=exp.batch_size // num_hosts, verbose=False,
+      shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
+  ds = ds.with_options(performance.tf_data_options())
+  for batch in ds.skip(start).as_numpy_iterator():
+    yield {k: v for k, v in batch.items() if k in MODEL_KEYS}
+
+
+# -- models ----------------------------------------------------------------------------
+
+
+def load_downstream(exp: Experiment) -> dict:
+  cfg = exp.objective.t5
+  if exp.downstream_checkpoint is None:
+    log.warning("no downstream_checkpoint: the downstream T5 is randomly initialised")
+    return t5.init_params(cfg, jax.random.key(exp.trainer.seed))
+  try:
+    loaded_cfg, params = model_io.load_t5(exp.downstream_checkpoint,
+                                          config_overrides={"scan_layers": cfg.scan_layers})
+  except model_io.CheckpointError as e:
+    raise UsageError(str(e)) from e
+  arch = lambda c: dataclasses.replace(c, dtype="float32", param_dtype="float32",
+                                       dropout_rate=0.0, scan_layers=False, remat_policy="none")
+  if arch(loaded_cfg) != arch(cfg):
+    raise UsageError(f"{exp.downstream_checkpoint}: its architecture {arch(loaded_cfg)} "
+                     f"differs from the configured model {arch(cfg)}; bind experiment.model "
+                     "to the checkpoint's size")
+  return params
+
+
+def initial_peft(exp: Experiment) -> Any:
+  return peft_io.load_peft_safetensors(exp.initial_peft) if exp.initial_peft else None
+
+
+def _write_config(model_dir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+
+
+def _evaluator_and_predictor(exp: Experiment):
+  name = exp.eval_mixture or exp.mixture
+  _provider(name)
+  lengths = exp.task_feature_lengths
+  evaluator = evaluation.make_evaluator(name, _converter(name), lengths, exp.eval_split,
+                                        log_dir=os.path.join(exp.model_dir, "eval"))
+  predictor = evaluation.Predictor(exp.objective, exp.eval_batch_size,
+                                   lengths.get("targets", 128), exp.num_beams)
+  return evaluator, predictor
+
+
+# -- modes -----------------------------------------------------------------------------
+
+
+@gin.configurable
+def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
+  """Trains (or resumes) in MODEL_DIR. In `full` mode the final T5 is also written as a
+  Hugging Face directory MODEL_DIR/hf, ready to be another run's downstream_checkpoint."""
+  exp = experiment()
+  _write_config(exp.model_dir)
+  obj, cfg = exp.objective, exp.trainer
+  downstream = load_downstream(exp)
+  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, initial_peft(exp))
+  if obj.mode != "full":
+    checkpoints.write_downstream_reference(exp.model_dir, {
+        "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,
+        "note": "frozen downstream; referenced here, not re-saved in checkpoints/"})
+  mesh = partitioning.make_mesh(exp.mesh)
+  opt = optimizers.make_optimizer(
+      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None)
+
+  checkpointer = checkpoints.Checkpointer(exp.model_dir, cfg.keep_checkpoints,
+                                          cfg.checkpoint_every, cfg.async_checkpoints)
+  start = 0
+  batches = train_batches(exp)
+  first = next(batches)
+  trainer = trainer_lib.Trainer(obj, opt, cfg, mesh, first)
+  state = trainer.init_state(trainable)
+  if checkpointer.latest_step() is not None:
+    try:
+      state, meta = checkpointer.restore(state)
+    except checkpoints.CheckpointMismatchError as e:
+      raise UsageError(str(e)) from e
+    start = int(meta["batches"])
+    batches = train_batches(exp, start=start)
+  else:
+    batches = _chain([first], batches)
+  trainer.batches_consumed = start
+  frozen = trainer.place_frozen(frozen)
+
+  lengths = exp.task_feature_lengths
+  hyper = obj.hyper
+  step_flops = flops.step_flops(
+      obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0), lengths.get("targets", 0),
+      lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0,
+      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
+  hooks: list[trainer_lib.Hook] = [
+      trainer_lib.MetricsLogger(exp.model_dir, cfg.log_every, step_flops, cfg.num_steps),
+      trainer_lib.CheckpointHook(checkpointer)]
+  if cfg.eval_every and exp.eval_mixture:
+    evaluator, predictor = _evaluator_and_predictor(exp)
+    hooks.append(trainer_lib.PeriodicHook(cfg.eval_every, lambda tr, st: evaluation.evaluate(
+        evaluator, predictor, st.params, frozen, int(st.step),
+        os.path.join(exp.model_dir, "eval"))))
+  state = trainer.train(state, frozen, batches, hooks)
+  if obj.mode == "full" and export_hf_at_end and jax.process_index() == 0:
+    model_io.save_hf_t5(obj.t5, jax.device_get(state.params),
+                        os.path.join(exp.model_dir, "hf"), overwrite=True)
+  return state
+
+
+def _chain(first, rest):
+  yield from first
+  yield from rest
+
+
+def _restore_trainable(exp: Experiment) -> tuple[Any, Any]:
+  """(trainable, frozen) from MODEL_DIR's latest checkpoint."""
+  obj = exp.objective
+  downstream = load_downstream(exp)
+  trainable, frozen = obj.init(jax.random.key(0), downstream, initial_peft(exp))
+  checkpointer = checkpoints.Checkpointer(exp.model_dir, async_save=False)
+  if checkpointer.latest_step() is None:
+    raise UsageError(f"{exp.model_dir}/checkpoints: no checkpoint to evaluate; train first "
+                     "or point MODEL_DIR at a trained run")
+  opt = optimizers.make_optimizer(
+      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None)
+  from hypert5.training import train_step
+  template = train_step.create_train_state(opt, trainable, jax.random.key(0))
+  try:
+    state, _ = checkpointer.restore(template)
+  except checkpoints.CheckpointMismatchError as e:
+    raise UsageError(str(e)) from e
+  checkpointer.close()
+  return state.params, frozen, int(state.step)
+
+
+@gin.configurable
+def evaluate() -> dict:
+  """Evaluates MODEL_DIR's latest checkpoint on EVAL_MIXTURE; writes MODEL_DIR/eval/."""
+  exp = experiment()
+  trainable, frozen, step = _restore_trainable(exp)
+  evaluator, predictor = _evaluator_and_predictor(exp)
+  return evaluation.evaluate(evaluator, predictor, trainable, frozen, step,
+                             os.path.join(exp.model_dir, "eval"))
+
+
+def _encode_few_shot(exp: Experiment, examples_file: str) -> np.ndarray:
+  """The few-shot examples of a JSONL ({"input", "output"}) as hyper-encoder tokens, laid
+  out exactly as the tasks lay them out (sentinel markers, whole examples, EOS)."""
+  from hypert5.data import fewshot
+  vocab = _provider(exp.mixture).output_features["targets"].vocabulary
+  rows = _read_jsonl(examples_file, ("input", "output"))
+  length = exp.task_feature_lengths["hyper_inputs"]
+  tokens, kept = fewshot.encode_few_shot(vocab, [(r["input"], r["output"]) for r in rows],
+                                         length)
+  if kept < len(rows):
+    log.warning("%s: only %d of %d examples fit in hyper_inputs length %d", examples_file,
+                kept, len(rows), length)
+  return tokens
+
+
+def _read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
+  if not os.path.exists(path):
+    raise UsageError(f"{path}: no such file")
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+      missing = [k for k in fields if k not in row]
+      if missing:
+        raise UsageError(f"{path}:{n}: missing field(s) {missing}; each line needs {fields}")
+      rows.append(row)
+  if not rows:
+    raise UsageError(f"{path}: empty file")
+  return rows
+
+
+def generate_for_examples(exp: Experiment, examples_file: str):
+  """(generated peft [batch 1], trainable, frozen) for the few-shot examples in a JSONL."""
+  trainable, frozen, _ = _restore_trainable(exp)
+  obj = exp.objective
+  if obj.mode != "hyper":
+    return obj.generate(trainable, frozen, {}), trainable, frozen
+  tokens = _encode_few_shot(exp, examples_file)
+  peft = jax.jit(lambda tr, fr, h: obj.generate(tr, fr, {"hyper_encoder_input_tokens": h}))(
+      trainable, frozen, tokens[None])
+  return peft, trainable, frozen
+
+
+@gin.configurable
+def infer(examples_file: str = gin.REQUIRED, queries_file: str = gin.REQUIRED,
+          output_file: str = gin.REQUIRED) -> list[str]:
+  """Generates outputs for each query ({"input": ...}) of one task given its few-shot
+  examples ({"input", "output"}); writes JSONL {"input", "output"}."""
+  exp = experiment()
+  peft, trainable, frozen = generate_for_examples(exp, _required(examples_file, "infer.examples_file"))
+  vocab = _provider(exp.mixture).output_features["targets"].vocabulary
+  queries = _read_jsonl(_required(queries_file, "infer.queries_file"), ("input",))
+  length = exp.task_feature_lengths["inputs"]
+  enc = np.zeros((len(queries), length), np.int32)
+  for i, q in enumerate(queries):
+    ids = list(vocab.encode(q["input"]))[:length - 1] + [1]
+    enc[i, :len(ids)] = ids
+  predictor = evaluation.Predictor(exp.objective, len(queries),
+                                   exp.task_feature_lengths["targets"], exp.num_beams)
+  tokens = np.asarray(predictor._predict(trainable, frozen, peft, enc))
+  outputs = [vocab.decode(evaluation._strip(t)) for t in tokens]
+  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+  with open(output_file, "w") as f:
+    for q, o in zip(queries, outputs):
+      f.write(json.dumps({"input": q["input"], "output": o}) + "\n")
+  return outputs
+
+
+@gin.configurable
+def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+           formats: tuple[str, ...] = ("orbax", "safetensors", "peft", "merged")) -> dict:
+  """Writes one task's generated parameters: an Orbax checkpoint, a safetensors file, and
+  for LoRA a PEFT adapter directory and a merged Hugging Face T5 directory."""
+  exp = experiment()
+  peft, trainable, frozen = generate_for_examples(exp, _required(examples_file, "export.examples_file"))
+  if peft is None:
+    raise UsageError("export needs a mode that generates parameters (hyper, prefix, lora)")
+  peft = jax.device_get(peft)
+  output_dir = _required(output_dir, "export.output_dir")
+  written = {}
+  for fmt in formats:
+    if fmt == "orbax":
+      written[fmt] = peft_io.save_peft_orbax(peft, os.path.join(output_dir, "orbax"))
+    elif fmt == "safetensors":
+      written[fmt] = peft_io.save_peft_safetensors(peft, os.path.join(output_dir, "peft.safetensors"))
+    elif fmt in ("peft", "merged") and not isinstance(peft, peft_lib.LoRA):
+      log.info("export: %s needs LoRA; skipped for a prefix", fmt)
+    elif fmt == "peft":
+      written[fmt] = os.path.join(output_dir, "peft_adapter")
+      peft_io.save_peft_adapter(peft, exp.objective.t5, written[fmt])
+    elif fmt == "merged":
+      written[fmt] = os.path.join(output_dir, "merged_hf")
+      downstream = frozen if exp.objective.mode != "full" else trainable
+      merged = peft_lib.merge_lora(jax.device_get(downstream), peft, exp.objective.t5)
+      model_io.save_hf_t5(exp.objective.t5, merged, written[fmt], overwrite=True)
+    else:
+      raise UsageError(f"unknown export format {fmt!r}; use orbax, safetensors, peft, merged")
+  log.info("export: wrote %s", json.dumps(written))
+  return written
+
+
+@gin.configurable
+def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> dict:
+  """Times training steps on random tokens at the configured size, mode and batch."""
+  exp = experiment()
+  obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
+  rng = np.random.default_rng(0)
+  vocab = obj.t5.vocab_size
+  tok = lambda n: rng.integers(2, vocab, (b, n)).astype(np.int32)
+  batch = {"encoder_input_tokens": tok(lengths["inputs"]),
+           "decoder_input_tokens": tok(lengths["targets"]),
+           "decoder_target_tokens": tok(lengths["targets"]),
+           "decoder_loss_weights": np.ones((b, lengths["targets"]), np.int32)}
+  if obj.mode == "hyper":
+    batch["hyper_encoder_input_tokens"] = tok(lengths["hyper_inputs"])
+  mesh = partitioning.make_mesh(exp.mesh)
+  opt = optimizers.make_optimizer(exp.optimizer)
+  downstream = t5.init_params(obj.t5, jax.random.key(0))
+  trainable, frozen = obj.init(jax.random.key(1), downstream)
+  tr = trainer_lib.Trainer(obj, opt, exp.trainer, mesh, batch)
+  state, frozen = tr.init_state(trainable), tr.place_frozen(frozen)
+  times = []
+  with jax.set_mesh(mesh), partitioning.axis_rules():
+    placed = jax.device_put(batch, tr.batch_sh)
+    for i in range(warmup + steps):
+      t0 = time.perf_counter()
+      state, metrics = tr._step(state, frozen, placed)
+      jax.block_until_ready(metrics)
+      if i >= warmup:
+        times.append(time.perf_counter() - t0)
+  hyper = obj.hyper
+  step_flops = flops.step_flops(
+      obj.mode, obj.t5, b, lengths["inputs"], lengths["targets"], lengths.get("hyper_inputs", 0),
+      hyper.num_queries if hyper else 0,
+      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
+  step_time = float(np.median(times))
+  peak, source = flops.device_peak_flops()
+  tflops = step_flops / step_time / jax.device_count() / 1e12
+  stats = jax.devices()[0].memory_stats() or {}
+  result = {
+      "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "mode": obj.mode,
+      "batch": b, "lengths": lengths, "step_time_s": step_time,
+      "tokens_per_s": b * (lengths["inputs"] + lengths["targets"]) / step_time,
+      "model_tflops_per_step": step_flops / 1e12, "tflops_per_device": tflops,
+      "mfu": tflops * 1e12 / peak if peak else None, "peak_source": source,
+      "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+      "trainable_params": modes.count_params(trainable),
+  }
+  print(json.dumps(result, indent=2))
+  if output_file:
+    with open(output_file, "w") as f:
+      json.dump(result, f, indent=2)
+  return result

@@ -1,0 +1,153 @@
+"""Evaluation through `seqio.Evaluator`: predict (decoding) and score (rank classification).
+
+seqio calls the predict/score function once per task with that task's enumerated eval
+dataset. A held-out task's rows share one fixed K-shot set, so the hypermodel generates its
+parameters once per task (batch 1, broadcast to every query); rows with differing few-shot
+inputs fall back to per-row generation.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from hypert5 import decoding
+from hypert5.models import t5
+from hypert5.training import modes
+
+log = logging.getLogger(__name__)
+
+HYPER_KEY = "hyper_encoder_input_tokens"
+
+
+def _batches(ds, batch_size: int):
+  """Yields (indices, features) numpy batches padded to `batch_size` rows."""
+  indices, rows = [], []
+  for index, ex in ds.as_numpy_iterator():
+    indices.append(index)
+    rows.append(ex)
+    if len(rows) == batch_size:
+      yield _stack(indices, rows, batch_size)
+      indices, rows = [], []
+  if rows:
+    yield _stack(indices, rows, batch_size)
+
+
+def _stack(indices, rows, batch_size):
+  feats = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  pad = batch_size - len(rows)
+  feats = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in feats.items()}
+  return indices, feats
+
+
+class Predictor:
+  """Jitted generation and scoring for one objective and its current parameters."""
+
+  def __init__(self, objective: modes.Objective, batch_size: int, max_decode_length: int,
+               num_beams: int = 1):
+    self.objective, self.batch_size = objective, batch_size
+    self.max_decode_length, self.num_beams = max_decode_length, num_beams
+    model = t5.T5(objective.t5)
+
+    def downstream(trainable, frozen):
+      return trainable if objective.mode == "full" else frozen
+
+    @jax.jit
+    def generate(trainable, frozen, hyper_tokens):
+      return objective.generate(trainable, frozen, {HYPER_KEY: hyper_tokens})
+
+    @jax.jit
+    def predict(trainable, frozen, peft, encoder_tokens):
+      params = downstream(trainable, frozen)
+      if num_beams > 1:
+        return decoding.beam_search(model, params, encoder_tokens, max_decode_length,
+                                    peft=peft, num_beams=num_beams)[0]
+      return decoding.greedy(model, params, encoder_tokens, max_decode_length, peft=peft)
+
+    @jax.jit
+    def score(trainable, frozen, peft, batch):
+      logits = model.apply({"params": downstream(trainable, frozen)},
+                           batch["encoder_input_tokens"], batch["decoder_input_tokens"], peft)
+      logp = jax.nn.log_softmax(logits)
+      targets = batch["decoder_target_tokens"]
+      tok = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+      return jnp.sum(tok * (targets > 0), axis=-1)
+
+    self._generate, self._predict, self._score = generate, predict, score
+
+  def peft_for(self, trainable, frozen, feats: dict, cache: dict) -> Any:
+    """Generated parameters for a batch: once per task (batch 1) when all rows share their
+    few-shot text, memoised in `cache` across the task's batches; else one per row."""
+    if self.objective.mode != "hyper":
+      return self.objective.generate(trainable, frozen, feats)
+    hyper = feats[HYPER_KEY]
+    real = hyper[np.any(hyper != 0, axis=1)]
+    if not (len(real) and (real == real[0]).all()):
+      return self._generate(trainable, frozen, hyper)
+    key = real[0].tobytes()
+    if key not in cache:
+      cache.clear()
+      cache[key] = self._generate(trainable, frozen, real[:1])
+    return cache[key]
+
+  def predict_fn(self, trainable, frozen):
+    def fn(ds, model_feature_shapes=None):
+      out, cache = [], {}
+      for indices, feats in _batches(ds, self.batch_size):
+        peft = self.peft_for(trainable, frozen, feats, cache)
+        tokens = np.asarray(self._predict(trainable, frozen, peft, feats["encoder_input_tokens"]))
+        out.extend((i, _strip(t)) for i, t in zip(indices, tokens))
+      return out
+    return fn
+
+  def score_fn(self, trainable, frozen):
+    def fn(ds, model_feature_shapes=None):
+      out, cache = [], {}
+      for indices, feats in _batches(ds, self.batch_size):
+        peft = self.peft_for(trainable, frozen, feats, cache)
+        batch = {k: feats[k] for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                       "decoder_target_tokens")}
+        scores = np.asarray(self._score(trainable, frozen, peft, batch))
+        out.extend((i, float(s)) for i, s in zip(indices, scores))
+      return out
+    return fn
+
+
+def _strip(tokens: np.ndarray) -> list[int]:
+  tokens = list(tokens)
+  if decoding.EOS_ID in tokens:
+    tokens = tokens[:tokens.index(decoding.EOS_ID)]
+  return [int(t) for t in tokens if t != 0]
+
+
+def evaluate(evaluator: seqio.Evaluator, predictor: Predictor, trainable, frozen, step: int,
+             out_dir: str | None = None) -> dict[str, dict[str, float]]:
+  """Runs every task of the evaluator; returns {task: metrics} plus "mean" over tasks."""
+  future, _ = evaluator.evaluate(compute_metrics=True, step=step,
+                                 predict_fn=predictor.predict_fn(trainable, frozen),
+                                 score_fn=predictor.score_fn(trainable, frozen))
+  results = {task: {k: float(getattr(v, "value", v)) for k, v in metrics.items()}
+             for task, metrics in future.result().items()}
+  keys = sorted({k for m in results.values() for k in m})
+  results["mean"] = {k: float(np.mean([m[k] for m in results.values() if k in m]))
+                     for k in keys}
+  if out_dir and jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+  log.info("eval step %d: %s", step, json.dumps(results["mean"]))
+  return results
+
+
+def make_evaluator(mixture: str, feature_converter, lengths: dict[str, int],
+                   split: str = "validation", log_dir: str | None = None) -> seqio.Evaluator:
+  loggers = (seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
+  return seqio.Evaluator(mixture, feature_converter, eval_split=split, sequence_length=lengths,
+                         logger_cls=loggers, log_dir=log_dir, use_memory_cache=True)
