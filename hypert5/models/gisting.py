@@ -117,8 +117,14 @@ def init_hyper_params(config: HyperLlamaConfig, rng: Array,
                       base_params: dict | None = None) -> dict:
   """{"gist": [G, d_model], "lora": LoRA (batch 1)}. Gist embeddings are drawn at the scale
   of the base's token embeddings, so they start in-distribution."""
+  embedding = None if base_params is None else base_params["token_embedder"]["embedding"]
+  return _init_hyper_params(config, rng, embedding)
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one compiled program, not op-by-op
+def _init_hyper_params(config: HyperLlamaConfig, rng: Array, embedding: Array | None) -> dict:
   g_rng, l_rng = jax.random.split(rng)
-  std = 1.0 if base_params is None else jnp.std(base_params["token_embedder"]["embedding"])
+  std = 1.0 if embedding is None else jnp.std(embedding)
   gist = std * jax.random.normal(g_rng, (config.num_gist, config.llama.d_model))
   return {"gist": gist.astype(jnp.dtype(config.llama.param_dtype)),
           "lora": random_lora(config, l_rng)}
