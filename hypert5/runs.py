@@ -58,10 +58,14 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                trainer: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
                mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
                eval_mixture: str | None = None, eval_split: str = "validation",
-               eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0) -> Experiment:
+               eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
+               task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `downstream_checkpoint` is a Hugging Face or T5X directory
   (hypert5.load_t5); `initial_peft` a safetensors file written by `hypert5 export` (the
-  hyper-init for prefix/LoRA tuning)."""
+  hyper-init for prefix/LoRA tuning). `task_registrations` exists for its side effect:
+  gin cannot call a function while parsing, but it evaluates `@tasks.sni.register()`
+  references when experiment() is called, which registers directory-based tasks before
+  any mode looks up MIXTURE. The returned values are unused."""
   model_dir = _required(model_dir, "MODEL_DIR")
   mixture = _required(mixture, "MIXTURE")
   try:
