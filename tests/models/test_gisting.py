@@ -129,6 +129,13 @@ def test_generated_prefix_exports_to_peft_and_back(base, hyper_params, tmp_path)
   llama_io.save_peft_prefix(prefix, CFG, tmp_path / "adapter")
   again = llama_io.load_peft_prefix(tmp_path / "adapter", CFG)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), again, prefix)
+  # The generic files keep our convention (keys un-rotated) as is.
+  from hypert5.training import peft_io
+  for save, load, path in ((peft_io.save_peft_safetensors, peft_io.load_peft_safetensors,
+                            tmp_path / "p.safetensors"),
+                           (peft_io.save_peft_orbax, peft_io.load_peft_orbax, tmp_path / "orbax")):
+    save(prefix, str(path))
+    jax.tree.map(np.testing.assert_array_equal, load(str(path)), prefix)
 
 
 def test_sharded_hyper_step_matches_single_device(base, hyper_params):
