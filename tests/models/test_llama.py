@@ -6,12 +6,11 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 
-from hypert5.models import llama, peft as peft_lib
+from hypert5.models import llama
 from hypert5.training import llama_io, partitioning
 from hypert5.training.model_io import CheckpointError
 
