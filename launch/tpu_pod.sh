@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# `launch.py tpu` (see launch/launch.py, or run this with --help). Pass --dry_run to see
+# the exact commands first.
+exec python3 "$(dirname "$0")/launch.py" tpu "$@"
