@@ -33,7 +33,7 @@ import numpy as np
 
 from hypert5.models import peft as peft_lib
 from hypert5.models.configs import REMAT_POLICIES
-from hypert5.models.t5 import Dense, Embedder, RMSNorm, _remat
+from hypert5.models.t5 import Dense, Embedder, RMSNorm, remat_layer
 
 Array = jax.Array
 NEG_INF = -1e10
@@ -307,7 +307,7 @@ def _run_layers(module: nn.Module, carry: Array, broadcast_args: tuple, peft_tre
   """t5._run_layers, but keeping each layer's second output (stacked on a leading layer
   axis): a Python loop (`layers_i` params) or nn.scan (`layers`)."""
   cfg: LlamaConfig = module.config
-  layer_cls = _remat(Layer, cfg.remat_policy, cfg.scan_layers)
+  layer_cls = remat_layer(Layer, cfg.remat_policy, cfg.scan_layers)
   if cfg.scan_layers:
     scanned = nn.scan(
         layer_cls,

@@ -247,7 +247,7 @@ class DecoderLayer(nn.Module):
     return constrain(x, _EMBED_AXES), None
 
 
-def _remat(layer_cls, policy: str, scan: bool):
+def remat_layer(layer_cls, policy: str, scan: bool):
   if policy == "none":
     return layer_cls
   policies = {
@@ -262,7 +262,7 @@ def _run_layers(module: nn.Module, layer_cls, num_layers: int, carry: Array,
                 broadcast_args: tuple, peft_trees: dict, tail_args: tuple = (), **layer_kw):
   """Applies num_layers layers, as a Python loop (`layers_i` params) or nn.scan (`layers`)."""
   cfg: T5Config = module.config
-  layer_cls = _remat(layer_cls, cfg.remat_policy, cfg.scan_layers)
+  layer_cls = remat_layer(layer_cls, cfg.remat_policy, cfg.scan_layers)
   if cfg.scan_layers:
     n_bcast = len(broadcast_args)
     scanned = nn.scan(

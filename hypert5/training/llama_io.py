@@ -327,11 +327,7 @@ def _atomic_dir(path: str, write, overwrite: bool, what: str) -> None:
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
   try:
     write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a saved model is for others too
     for name in os.listdir(tmp):
-      os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
       _fsync(os.path.join(tmp, name))
     _swap_in(tmp, path)
   except BaseException:

@@ -757,7 +757,16 @@ def _fsync(file: str) -> None:
 
 
 def _swap_in(tmp: str, path: str) -> None:
-  """Renames directory `tmp` to `path`, replacing an existing `path` directory."""
+  """Renames directory `tmp` to `path`, replacing an existing `path` directory.
+
+  mkdtemp makes 0700 directories: open them to the umask first, since a saved model is
+  for others too."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for root, dirs, files in os.walk(tmp):
+    os.chmod(root, 0o777 & ~umask)
+    for name in files:
+      os.chmod(os.path.join(root, name), 0o666 & ~umask)
   old = None
   if os.path.isdir(path):
     if os.listdir(path):

@@ -114,7 +114,9 @@ def state_shardings(objective: modes.Objective, optimizer: optax.GradientTransfo
 def frozen_shardings(objective: modes.Objective, mesh: Mesh) -> Any:
   if objective.mode == "full":
     return {}
-  return partitioning.param_shardings(t5.abstract_params(objective.t5), mesh)
+  abstract_frozen = getattr(objective, "abstract_frozen", None)  # decoder-only objectives
+  boxed = abstract_frozen() if abstract_frozen else t5.abstract_params(objective.t5)
+  return partitioning.param_shardings(boxed, mesh)
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh, state_sh: TrainState, frozen_sh: Any,

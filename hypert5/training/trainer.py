@@ -168,22 +168,28 @@ class Trainer:
 
   def train(self, state: ts.TrainState, frozen: Any, batches: Iterator[Batch],
             hooks: Sequence[Hook] = ()) -> ts.TrainState:
-    last_good = state.step
+    last_good = int(state.step)
     while int(state.step) < self.config.num_steps:
       batch = next(batches)
       self.batches_consumed += 1
       with jax.set_mesh(self.mesh), partitioning.axis_rules():
         batch = jax.device_put(batch, self.batch_sh)
         state, metrics = self._step(state, frozen, batch)
-      if self.config.crash_on_nan and not math.isfinite(float(metrics["loss"])):
+      step = int(state.step)
+      # Checking the loss syncs with the device, so only where it matters: before anything
+      # is logged or checkpointed (a NaN step must never be saved) and at the end.
+      check = (step % self.config.log_every == 0 or step == self.config.num_steps or
+               (self.config.checkpoint_every and step % self.config.checkpoint_every == 0))
+      if self.config.crash_on_nan and check and not math.isfinite(float(metrics["loss"])):
         for hook in hooks:  # let the checkpoint hook finish pending saves, not save this one
           if isinstance(hook, CheckpointHook):
             hook.checkpointer.close()
         raise NaNLossError(
-            f"loss is {float(metrics['loss'])} at step {int(state.step)}; the last good "
-            f"checkpoint (step <= {int(last_good)}) is kept. Lower the learning rate or "
-            "check the data; set TrainerConfig.crash_on_nan=False to continue anyway.")
-      last_good = state.step
+            f"loss is {float(metrics['loss'])} by step {step}; the last good checkpoint "
+            f"(step <= {last_good}) is kept. Lower the learning rate or check the data; set "
+            "TrainerConfig.crash_on_nan=False to continue anyway.")
+      if check:
+        last_good = step
       for hook in hooks:
         hook.on_step(self, state, metrics)
     for hook in hooks:
