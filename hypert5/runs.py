@@ -62,12 +62,16 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `downstream_checkpoint` is a Hugging Face or T5X directory
   (hypert5.load_t5); `initial_peft` a safetensors file written by `hypert5 export` (the
-  hyper-init for prefix/LoRA tuning). `task_registrations` exists for its side effect:
-  gin cannot call a function while parsing, but it evaluates `@tasks.sni.register()`
-  references when experiment() is called, which registers directory-based tasks before
-  any mode looks up MIXTURE. The returned values are unused."""
+  hyper-init for prefix/LoRA tuning). `task_registrations` are configured register
+  functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
+  function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
   model_dir = _required(model_dir, "MODEL_DIR")
   mixture = _required(mixture, "MIXTURE")
+  for value, macro in ((downstream_checkpoint, "DOWNSTREAM_CHECKPOINT"),
+                       (initial_peft, "INITIAL_PEFT")):
+    if value is gin.REQUIRED:  # an experiment file made it required; None stays allowed
+      _required(value, macro)
+  _register_tasks(task_registrations)
   try:
     objective = modes.Objective(mode, _required(model, "experiment.model"), hyper, z_loss)
   except ValueError as e:
@@ -75,6 +79,27 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
                     optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
                     eval_mixture, eval_split, eval_batch_size, num_beams)
+
+
+def _register_tasks(registrations) -> None:
+  """Calls each configured register function; a required macro left unset or a bad data
+  directory is a UsageError (one line), not a traceback from inside the function."""
+  from hypert5.data.errors import DataError
+  for register in registrations:
+    if not callable(register):  # an `@fn()` reference: gin has called it already
+      continue
+    for param, value in gin.get_bindings(register).items():
+      if value is gin.REQUIRED:
+        selector = getattr(gin.get_bindings(register, resolve_references=False)[param],
+                           "scoped_selector", "")
+        name = (selector.split("/")[0] if selector.endswith("/gin.macro") else
+                f"{register.__module__}.{register.__name__}.{param}")
+        raise UsageError(f"{name} is required by {register.__module__}.{register.__name__}"
+                         f"({param}=...): pass --gin.{name}=... (or bind it in a gin file)")
+    try:
+      register()
+    except DataError as e:
+      raise UsageError(str(e)) from e
 
 
 # -- data ------------------------------------------------------------------------------

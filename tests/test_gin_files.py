@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from hypert5 import main, runs
+from hypert5.usage import UsageError
 from hypert5.models import t5
 from hypert5.training import optimizers, partitioning, train_step
 
@@ -66,17 +67,16 @@ def _is_unfilled(macro: str) -> bool:
 
 
 def _check_registrations() -> list[str]:
-  """Each @tasks.*.register() in experiment.task_registrations names a task-registration
-  function with all its arguments bound; returns their names and unbinds them (they would
-  read data directories)."""
+  """Each entry of experiment.task_registrations is a task-registration function with all
+  its arguments bound; returns their names and unbinds them (they would read data)."""
   try:
     refs = gin.query_parameter("experiment.task_registrations")
   except ValueError:
     return []
   names = []
   for ref in refs:
-    assert isinstance(ref, gin.config.ConfigurableReference) and ref.evaluate, (
-        f"experiment.task_registrations holds {ref!r}; expected calls like @tasks.sni.register()")
+    assert isinstance(ref, gin.config.ConfigurableReference) and not ref.evaluate, (
+        f"experiment.task_registrations holds {ref!r}; expected e.g. [@tasks.sni.register]")
     fn = ref.configurable.wrapped
     assert fn.__module__.startswith("tasks."), f"{ref!r} is not a task registration"
     inspect.signature(fn).bind(**gin.get_bindings(fn))  # every argument without a default bound
@@ -199,6 +199,19 @@ def test_registrations_run_when_the_experiment_is_built(tmp_path):
   assert exp.mixture == "sni_train" and exp.eval_mixture == "sni_test"
   assert len(seqio.get_mixture_or_task("sni_train").tasks) == 2
   assert [t.name for t in seqio.get_mixture_or_task("sni_test").tasks] == ["sni_task003_c"]
+
+
+@pytest.mark.parametrize("bindings, message", [
+    (["DOWNSTREAM_CHECKPOINT = '/dummy'"],
+     "SNI_DATA_DIR is required by tasks.sni.register(data_dir=...)"),
+    (["DOWNSTREAM_CHECKPOINT = '/dummy'", "SNI_DATA_DIR = '/nonexistent/ni'"],
+     "/nonexistent/ni: no S-NI task files"),
+    (["SNI_DATA_DIR = '/nonexistent/ni'"], "DOWNSTREAM_CHECKPOINT is required"),
+])
+def test_unset_macros_and_bad_data_dirs_are_usage_errors(bindings, message):
+  main.parse_gin(["experiments/mtf_sni_large_lora.gin"], ["MODEL_DIR = '/tmp/unused'", *bindings])
+  with pytest.raises(UsageError, match=re.escape(message)):
+    runs.experiment()
 
 
 def test_the_paper_setups_are_all_there():
