@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: setup test clean
+.PHONY: setup test demo clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): setup.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The whole method on the synthetic family with a tiny T5 (see hypert5/demo.py); writes
+# demo_out/table.json, demo_out/tuning_curves.png and demo_out/adapter/.
+demo: $(STAMP)
+	$(PY) -m hypert5.demo
 
 clean:
 	rm -rf $(VENV)

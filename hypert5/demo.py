@@ -1,0 +1,278 @@
+"""`make demo` / `python -m hypert5.demo`: the whole method on the synthetic family.
+
+A sequence of hypert5 runs, each a gin experiment (gin/experiments/demo_*.gin), chained
+in-process:
+
+  1 downstream   T5 trained multi-task with the task description in its input (oracle
+                 layout), prefix-friendly (demo_objectives.PrefixFriendly); then frozen
+  2 icl          T5-MTF baseline: a T5 trained with the K examples in its input
+  3 hyper        HyperT5-Prefix and HyperT5-LoRA on training tasks (examples only)
+  4 eval         held-out tasks through seqio: zero-shot frozen model (bare query),
+                 T5-MTF in context, both hypermodels, oracle (description given)
+  5 tune         prefix tuning of held-out task 0 from HyperT5-Prefix's output vs random
+  6 export       held-out task 0's generated LoRA as a Hugging Face PEFT adapter
+
+Writes OUT/table.json, OUT/tuning_curves.png, OUT/adapter/ (PEFT) and every run's
+MODEL_DIR under OUT/runs/. `--quick` cuts steps and held-out tasks (the test runs it);
+`--gin.NAME=VALUE` flags reach every stage (e.g. a larger model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+log = logging.getLogger("hypert5.demo")
+
+# (name, steps) per stage; --quick uses the second column.
+STEPS = {"downstream": (2000, 40), "icl": (600, 20), "hyper_prefix": (800, 20),
+         "hyper_lora": (800, 20), "tune": (60, 8)}
+HELDOUT = (64, 2)
+ROWS = (("zero_shot", "Zero-shot frozen T5 (bare query)"),
+        ("icl", "T5-MTF, examples in context"),
+        ("hyper_prefix", "HyperT5-Prefix"),
+        ("hyper_lora", "HyperT5-LoRA"),
+        ("oracle", "Oracle (description given)"))
+
+
+def _register_heldout(n: int) -> None:
+  """demo_<mode>_heldout mixtures of the first n held-out tasks (all 64 by default)."""
+  import seqio
+  import tasks  # noqa: F401
+  from tasks import synthetic
+  from hypert5.data import pipelines
+  for mode in pipelines.MODES:
+    name = pipelines.task_name("demo", mode, "heldout")
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [synthetic.heldout_task_name(i, mode) for i in range(n)],
+                              default_rate=1.0)
+
+
+class Demo:
+  def __init__(self, out: str, quick: bool, extra: Sequence[str]):
+    self.out, self.quick, self.extra = os.path.abspath(out), quick, list(extra)
+    self.runs = os.path.join(self.out, "runs")
+    self.downstream_hf = os.path.join(self.runs, "downstream", "hf")
+
+  def steps(self, stage: str) -> int:
+    return STEPS[stage][1 if self.quick else 0]
+
+  def configure(self, gin_files: Sequence[str], model_dir: str, *bindings: str):
+    from hypert5 import main, runs
+    main.parse_gin(gin_files, [f"MODEL_DIR='{model_dir}'", *bindings, *self.extra])
+    return runs.experiment()
+
+  def _ds(self) -> str:
+    return f"experiment.downstream_checkpoint='{self.downstream_hf}'"
+
+  # -- stages ----------------------------------------------------------------------------
+
+  def train_downstream(self) -> None:
+    from hypert5 import demo_objectives
+    exp = self.configure(["experiments/demo_downstream.gin"], self._dir("downstream"),
+                         f"hypert5.TrainerConfig.num_steps={self.steps('downstream')}")
+    demo_objectives.train_prefix_friendly(exp)
+
+  def eval_downstream(self, mixture: str, inputs_len: int) -> dict:
+    """The frozen downstream on a held-out mixture (no generated parameters)."""
+    from hypert5 import runs
+    exp = self.configure(["experiments/demo_downstream.gin"], self._dir("downstream"),
+                         self._ds(), f"EVAL_MIXTURE='{mixture}'",
+                         f"experiment.task_feature_lengths={{'inputs': {inputs_len}, "
+                         "'targets': 11}")
+    return evaluate(exp, runs.load_downstream(exp), {}, mixture)
+
+  def eval_run(self, gin_files: Sequence[str], stage: str, mixture: str) -> dict:
+    """MODEL_DIR's latest checkpoint on a held-out mixture (what `hypert5 eval` does)."""
+    from hypert5 import runs
+    exp = self.configure(gin_files, self._dir(stage), self._ds(), f"EVAL_MIXTURE='{mixture}'")
+    trainable, frozen, _ = runs._restore_trainable(exp)
+    return evaluate(exp, trainable, frozen, mixture)
+
+  def train_icl(self) -> dict:
+    from hypert5 import main
+    gin = ["experiments/demo_icl.gin"]
+    self.configure(gin, self._dir("icl"), f"hypert5.TrainerConfig.num_steps={self.steps('icl')}")
+    main.run("train")
+    return self.eval_run(gin + ["runs/eval.gin"], "icl", "demo_icl_heldout")
+
+  def train_hyper(self, kind: str) -> dict:
+    from hypert5 import demo_objectives, main
+    stage = f"hyper_{kind}"
+    gin = [f"experiments/demo_{stage}.gin"]
+    exp = self.configure(gin, self._dir(stage), self._ds(),
+                         f"hypert5.TrainerConfig.num_steps={self.steps(stage)}")
+    reparam = os.path.join(self._dir("downstream"), demo_objectives.REPARAM_FILE)
+    demo_objectives.train_hyper(exp, reparam)
+    return self.eval_run(gin + ["runs/eval.gin"], stage, "demo_heldout")
+
+  def export(self, kind: str, formats: tuple[str, ...]) -> dict:
+    """Held-out task 0's generated parameters from its K examples (`hypert5 export`)."""
+    from hypert5 import main
+    examples = self._examples_file()
+    stage = f"hyper_{kind}"
+    self.configure([f"experiments/demo_{stage}.gin", "runs/export.gin"], self._dir(stage),
+                   self._ds(), f"EXAMPLES_FILE='{examples}'",
+                   f"EXPORT_DIR='{os.path.join(self.out, 'export_' + kind)}'",
+                   f"export.formats={formats!r}")
+    return main.run("export")
+
+  def tune(self, name: str, initial: str | None) -> list[float]:
+    """Prefix tuning on held-out task 0's train split; returns per-step losses."""
+    from hypert5 import main
+    model_dir = self._dir(f"tune_{name}")
+    self.configure(["experiments/demo_tune.gin"], model_dir, self._ds(),
+                   "MIXTURE='synthetic_plain_heldout_000'",
+                   f"INITIAL_PEFT={initial!r}" if initial else "INITIAL_PEFT=None",
+                   f"hypert5.TrainerConfig.num_steps={self.steps('tune')}")
+    main.run("train")
+    losses = {}
+    with open(os.path.join(model_dir, "train_log.jsonl")) as f:
+      for line in f:
+        row = json.loads(line)
+        losses[row["step"]] = row["loss"]
+    return [losses[s] for s in sorted(losses)]
+
+  # -- helpers ---------------------------------------------------------------------------
+
+  def _dir(self, stage: str) -> str:
+    return os.path.join(self.runs, stage)
+
+  def _examples_file(self) -> str:
+    from tasks import synthetic
+    member = synthetic.FAMILY.heldout_members[0]
+    path = os.path.join(self.out, "heldout_000_examples.jsonl")
+    with open(path, "w") as f:
+      for x, y in synthetic.FAMILY.support(member):
+        f.write(json.dumps({"input": x, "output": y}) + "\n")
+    return path
+
+
+def evaluate(exp, trainable, frozen, mixture: str) -> dict:
+  """seqio evaluation of the run's mixture; mean metrics over its tasks. Predictions are
+  padded to one width: seqio turns them into one numpy array, which fails when greedy
+  outputs differ in length (evaluation.Predictor.predict_fn returns ragged lists)."""
+  from hypert5 import runs
+  from hypert5.training import evaluation
+  evaluator, predictor = runs._evaluator_and_predictor(exp)
+  ragged = predictor.predict_fn
+
+  def padded(trainable, frozen):
+    fn = ragged(trainable, frozen)
+    width = predictor.max_decode_length
+    return lambda ds, model_feature_shapes=None: [
+        (i, list(t) + [0] * (width - len(t))) for i, t in fn(ds, model_feature_shapes)]
+
+  predictor.predict_fn = padded
+  out_dir = os.path.join(exp.model_dir, "eval", mixture)
+  return evaluation.evaluate(evaluator, predictor, trainable, frozen, 0, out_dir)["mean"]
+
+
+def _steps_to(curve: list[float], target: float) -> int | None:
+  return next((i + 1 for i, v in enumerate(curve) if v <= target), None)
+
+
+def plot_curves(curves: dict[str, list[float]], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, curve in curves.items():
+    ax.plot(range(1, len(curve) + 1), curve, label=name)
+  ax.set_xlabel("prefix-tuning step")
+  ax.set_ylabel("training loss")
+  ax.set_yscale("log")
+  ax.set_title("Prefix tuning of held-out task 0")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def format_table(rows: dict[str, dict]) -> str:
+  lines = [f"{'method':<36} {'exact match':>11} {'ROUGE-L':>8}", "-" * 57]
+  for key, label in ROWS:
+    m = rows[key]
+    lines.append(f"{label:<36} {m['exact_match']:>11.3f} {m.get('rougeL', float('nan')):>8.3f}")
+  return "\n".join(lines)
+
+
+def run_demo(out: str = "demo_out", quick: bool = False, extra: Sequence[str] = ()) -> dict:
+  from tqdm import tqdm
+  demo = Demo(out, quick, extra)
+  os.makedirs(demo.out, exist_ok=True)
+  _register_heldout(HELDOUT[1 if quick else 0])
+  t0 = time.perf_counter()
+  rows, timings = {}, {}
+  bar = tqdm(total=10, desc="demo", unit="stage", file=sys.stdout, dynamic_ncols=True)
+
+  def stage(name: str, fn, *args):
+    bar.set_postfix_str(name)
+    start = time.perf_counter()
+    result = fn(*args)
+    timings[name] = round(time.perf_counter() - start, 1)
+    bar.update(1)
+    return result
+
+  stage("train downstream", demo.train_downstream)
+  rows["zero_shot"] = stage("eval zero-shot", demo.eval_downstream, "demo_plain_heldout", 11)
+  rows["oracle"] = stage("eval oracle", demo.eval_downstream, "demo_oracle_heldout", 75)
+  rows["icl"] = stage("train+eval T5-MTF icl", demo.train_icl)
+  rows["hyper_prefix"] = stage("train+eval HyperT5-Prefix", demo.train_hyper, "prefix")
+  rows["hyper_lora"] = stage("train+eval HyperT5-LoRA", demo.train_hyper, "lora")
+  prefix = stage("export prefix", demo.export, "prefix", ("safetensors",))
+  curves = {"hyper-init": stage("tune hyper-init", demo.tune, "hyper", prefix["safetensors"]),
+            "random init": stage("tune random init", demo.tune, "random", None)}
+  lora = stage("export LoRA adapter", demo.export, "lora", ("peft", "safetensors"))
+  bar.close()
+
+  plot_curves(curves, os.path.join(demo.out, "tuning_curves.png"))
+  adapter = os.path.join(demo.out, "adapter")
+  if os.path.exists(adapter):
+    import shutil
+    shutil.rmtree(adapter)
+  os.replace(lora["peft"], adapter)
+  random_final = min(curves["random init"][-3:])
+  table = {
+      "metric": "mean over held-out tasks (validation queries)",
+      "heldout_tasks": HELDOUT[1 if quick else 0], "quick": quick,
+      "rows": {key: {"label": label, **rows[key]} for key, label in ROWS},
+      "tuning": {"task": "synthetic_plain_heldout_000", "curves": curves,
+                 "random_final_loss": random_final,
+                 "hyper_init_steps_to_random_final": _steps_to(curves["hyper-init"], random_final),
+                 "random_steps": len(curves["random init"])},
+      "adapter": adapter, "stage_seconds": timings,
+      "wall_seconds": round(time.perf_counter() - t0, 1),
+  }
+  with open(os.path.join(demo.out, "table.json"), "w") as f:
+    json.dump(table, f, indent=2)
+  print("\n" + format_table(rows))
+  t = table["tuning"]
+  print(f"\nprefix tuning, held-out task 0: random init reaches loss {random_final:.3f} in "
+        f"{t['random_steps']} steps; hyper-init reaches it in "
+        f"{t['hyper_init_steps_to_random_final']} steps")
+  print(f"wrote {demo.out}/table.json, tuning_curves.png, adapter/ "
+        f"({table['wall_seconds']:.0f} s)")
+  return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  extra = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+  p = argparse.ArgumentParser(prog="python -m hypert5.demo", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default="demo_out")
+  p.add_argument("--quick", action="store_true", help="few steps, 2 held-out tasks (tests)")
+  args = p.parse_args([a for a in argv if not a.startswith("--gin.")])
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+  logging.getLogger("hypert5").setLevel(logging.INFO)
+  run_demo(args.out, args.quick, extra)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
