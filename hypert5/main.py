@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from hypert5.data.errors import DataError
+from hypert5.training.model_io import CheckpointError
 from hypert5.usage import UsageError
 
 log = logging.getLogger("hypert5")
@@ -57,7 +59,13 @@ def run(mode: str) -> Any:
   from hypert5 import runs
   fns = {"train": runs.train, "eval": runs.evaluate, "infer": runs.infer,
          "export": runs.export, "bench": runs.bench}
-  return fns[mode]()
+  try:
+    return fns[mode]()
+  except RuntimeError as e:  # gin's check of gin.REQUIRED parameters
+    if "Required bindings" not in str(e):
+      raise
+    raise UsageError(f"{str(e).splitlines()[0]}; pass --gin_file=... (e.g. "
+                     "experiments/synthetic_tiny.gin) or --gin.NAME=... bindings") from e
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [p for p in args.gin_search_paths.split(",") if p]
     parse_gin(args.gin_file, bindings, paths)
     run(args.mode)
-  except UsageError as e:
+  except (UsageError, DataError, CheckpointError) as e:
     # gin appends "In call to configurable ..." lines; the first line is the message.
     print(f"hypert5 {args.mode}: error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 2

@@ -46,6 +46,7 @@ class Experiment:
   eval_split: str
   eval_batch_size: int
   num_beams: int
+  init_from: str | None
 
 
 @gin.configurable
@@ -59,10 +60,12 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
                eval_mixture: str | None = None, eval_split: str = "validation",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
+               init_from: str | None = None,
                task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `downstream_checkpoint` is a Hugging Face or T5X directory
   (hypert5.load_t5); `initial_peft` a safetensors file written by `hypert5 export` (the
-  hyper-init for prefix/LoRA tuning). `task_registrations` are configured register
+  hyper-init for prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable
+  parameters this run starts from (stage 2 after hyperpretraining). `task_registrations` are configured register
   functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
   model_dir = _required(model_dir, "MODEL_DIR")
@@ -78,7 +81,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
     raise UsageError(str(e)) from e
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
                     optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
-                    eval_mixture, eval_split, eval_batch_size, num_beams)
+                    eval_mixture, eval_split, eval_batch_size, num_beams, init_from)
 
 
 def _register_tasks(registrations) -> None:
@@ -222,6 +225,12 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
     batches = train_batches(exp, start=start)
   else:
     batches = _chain([first], batches)
+    if exp.init_from:
+      try:
+        state = state.replace(params=checkpoints.restore_params_from(exp.init_from, state))
+      except checkpoints.CheckpointMismatchError as e:
+        raise UsageError(str(e)) from e
+      log.info("initialised the trainable parameters from %s", exp.init_from)
   trainer.batches_consumed = start
   frozen = trainer.place_frozen(frozen)
 

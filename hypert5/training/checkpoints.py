@@ -96,3 +96,17 @@ def write_downstream_reference(model_dir: str, reference: dict[str, Any]) -> Non
   with open(tmp, "w") as f:
     json.dump(reference, f, indent=2)
   os.replace(tmp, path)
+
+
+def restore_params_from(model_dir: str, template: TrainState) -> Any:
+  """The trainable parameters of another run's latest checkpoint, for a new run to start
+  from (hyperpretraining -> multi-task fine-tuning). Step, optimizer state and data
+  position start fresh; the runs must share the model and the optimizer's kind."""
+  source = Checkpointer(model_dir, async_save=False)
+  try:
+    if source.latest_step() is None:
+      raise CheckpointMismatchError(f"{source.directory}: no checkpoint to initialise from")
+    state, _ = source.restore(template)
+  finally:
+    source.close()
+  return state.params

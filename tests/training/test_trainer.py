@@ -46,6 +46,9 @@ def test_crash_on_nan_keeps_the_last_good_checkpoint(tmp_path):
   assert int(restored.step) == 4 and meta["batches"] == 4
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
   reader.close()
+  # Another run can start from these parameters (hyperpretraining -> MTF), nothing else.
+  params = checkpoints.restore_params_from(str(tmp_path), state)
+  jax.tree.map(np.testing.assert_array_equal, params, restored.params)
 
 
 def test_microbatches_match_the_full_batch():
