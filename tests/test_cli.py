@@ -16,7 +16,7 @@ from hypert5 import main
 from hypert5.training import peft_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS, CKPT = 40, 8
+STEPS, CKPT = 16, 4
 BASE_ARGS = ["--gin_file=experiments/synthetic_tiny.gin",
              f"--gin.hypert5.TrainerConfig.num_steps={STEPS}",
              f"--gin.hypert5.TrainerConfig.checkpoint_every={CKPT}",
@@ -54,7 +54,7 @@ def test_training_writes_config_logs_and_checkpoints(baseline):
   assert json.load(open(os.path.join(baseline, "downstream.json")))["mode"] == "hyper"
   losses = _losses(baseline)
   assert len(losses) == STEPS and np.mean(losses[-5:]) < np.mean(losses[:5])
-  assert sorted(os.listdir(os.path.join(baseline, "checkpoints"))) == ["24", "32", "40"]
+  assert sorted(os.listdir(os.path.join(baseline, "checkpoints")), key=int) == ["8", "12", "16"]
 
 
 def test_resume_after_sigkill_gives_identical_losses(baseline, tmp_path):
@@ -82,7 +82,7 @@ def test_sharded_cli_run_matches_single_device(baseline, tmp_path):
          "--gin.hypert5.MeshConfig.model=2", f"--gin.hypert5.TrainerConfig.num_steps={CKPT}")
   # The first steps agree to float32 rounding (reductions run in another order on 8
   # devices); later steps drift apart as Adam amplifies those last-bit differences.
-  np.testing.assert_allclose(_losses(model_dir)[:6], _losses(baseline)[:6], atol=1e-4)
+  np.testing.assert_allclose(_losses(model_dir), _losses(baseline)[:CKPT], atol=1e-4)
 
 
 def _examples(tmp_path):

@@ -48,6 +48,8 @@ def test_decoder_is_causal_and_encoder_ignores_padding(tiny):
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scan_and_remat_match_plain(tiny, remat):
   cfg, params = tiny
+  if cfg.tie_embeddings and remat != "none":
+    pytest.skip("remat policies run on v1.1; v1.0 shares the same layer code")
   base = _logits(cfg, params)
   scan_cfg = cfg.replace(scan_layers=True, remat_policy=remat)
   scanned = model_io.stack_layers(params, scan_cfg)
