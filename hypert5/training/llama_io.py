@@ -35,8 +35,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -48,7 +46,7 @@ from flax.core import meta, unfreeze
 
 from hypert5.models import llama, peft as peft_lib
 from hypert5.models.llama import LlamaConfig, RopeScaling
-from hypert5.training.model_io import CheckpointError, _fsync, _swap_in
+from hypert5.training.model_io import CheckpointError, write_dir_atomically
 
 Params = dict[str, Any]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -315,26 +313,6 @@ def _plain(params: Params) -> Params:
   return dict(params["params"]) if set(params) == {"params"} else params
 
 
-def _atomic_dir(path: str, write, overwrite: bool, what: str) -> None:
-  """Writes a directory through `write(tmp_dir)` into a sibling temp dir, then swaps it in."""
-  path = os.path.abspath(path)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise CheckpointError(f"{what}: {path} exists and is not a directory; pick another path.")
-  if os.path.isdir(path) and os.listdir(path) and not overwrite:
-    raise CheckpointError(f"{what}: {path} exists and is not empty; pass overwrite=True or "
-                          "pick another path.")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
-  try:
-    write(tmp)
-    for name in os.listdir(tmp):
-      _fsync(os.path.join(tmp, name))
-    _swap_in(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
 def _write_json(obj, file: str) -> None:
   with open(file, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -368,7 +346,7 @@ def save_hf_llama(config: LlamaConfig, params: Params, path: str | os.PathLike, 
     # format=pt: transformers refuses safetensors files without a known format tag.
     safetensors.numpy.save_file(tensors, os.path.join(tmp, "model.safetensors"),
                                 metadata={"format": "pt"})
-  _atomic_dir(path, write, overwrite, "save_hf_llama")
+  write_dir_atomically(path, write, overwrite, "save_hf_llama")
 
 
 # --------------------------------------------------------------------------- PEFT prefix
@@ -418,7 +396,7 @@ def save_peft_prefix(prefix: peft_lib.Prefix, config: LlamaConfig,
     _write_json(acfg, os.path.join(tmp, ADAPTER_CONFIG))
     safetensors.numpy.save_file({"prompt_embeddings": emb}, os.path.join(tmp, ADAPTER_WEIGHTS),
                                 metadata={"format": "pt"})
-  _atomic_dir(adapter_dir, write, overwrite, "save_peft_prefix")
+  write_dir_atomically(adapter_dir, write, overwrite, "save_peft_prefix")
 
 
 def load_peft_prefix(adapter_dir: str | os.PathLike, config: LlamaConfig) -> peft_lib.Prefix:

@@ -716,12 +716,6 @@ def save_hf_t5(config: T5Config, params: Params, path: str | os.PathLike, *,
   path = os.path.abspath(os.fspath(path))
   if _is_remote(path):
     raise CheckpointError(f"save_hf_t5({path!r}): write to a local directory, then copy it.")
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise CheckpointError(f"save_hf_t5: {path} exists and is not a directory; pick another path.")
-  if os.path.isdir(path) and os.listdir(path) and not overwrite:
-    raise CheckpointError(
-        f"save_hf_t5: {path} exists and is not empty; pass overwrite=True to replace it "
-        "or pick another path.")
   hf_config = t5config_to_hf_config(config)
   flat = _unscanned_flat(config, params, f"params passed to save_hf_t5({path!r})")
   tensors = {}
@@ -730,16 +724,29 @@ def save_hf_t5(config: T5Config, params: Params, path: str | os.PathLike, *,
     tensors[p.hf] = np.ascontiguousarray(x.T if p.transpose else x)
   hf_config["torch_dtype"] = str(tensors["shared.weight"].dtype)
 
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  try:
+  def write(tmp):
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
       f.write("\n")
     # format=pt: transformers refuses safetensors files without a known format tag.
     safetensors.numpy.save_file(tensors, os.path.join(tmp, "model.safetensors"),
                                 metadata={"format": "pt"})
+  write_dir_atomically(path, write, overwrite, "save_hf_t5")
+
+
+def write_dir_atomically(path: str, write, overwrite: bool, what: str) -> None:
+  """Writes a directory through `write(tmp_dir)` into a sibling temp dir, fsyncs it, then
+  swaps it in: a crash leaves either the old directory or the new one, never a mix."""
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise CheckpointError(f"{what}: {path} exists and is not a directory; pick another path.")
+  if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    raise CheckpointError(f"{what}: {path} exists and is not empty; pass overwrite=True to "
+                          "replace it or pick another path.")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+  try:
+    write(tmp)
     for name in os.listdir(tmp):
       _fsync(os.path.join(tmp, name))
     _swap_in(tmp, path)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,7 @@ import safetensors.numpy
 
 from hypert5.models import peft as peft_lib
 from hypert5.models.configs import T5Config
-from hypert5.training.model_io import CheckpointError
+from hypert5.training.model_io import CheckpointError, write_dir_atomically
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -150,20 +148,12 @@ def save_peft_adapter(lora: peft_lib.LoRA, config: T5Config, adapter_dir: str | 
       "use_rslora": False, "inference_mode": True, "modules_to_save": None,
       "base_model_name_or_path": base_model_name_or_path,
   }
-  parent = os.path.dirname(os.path.abspath(adapter_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
-  try:
+  def write(tmp):
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
       json.dump(acfg, f, indent=2)
     safetensors.numpy.save_file(tensors, os.path.join(tmp, WEIGHTS_FILE),
                                 metadata={"format": "pt"})
-    if os.path.exists(adapter_dir):
-      shutil.rmtree(adapter_dir)
-    os.replace(tmp, adapter_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  write_dir_atomically(adapter_dir, write, overwrite=True, what="save_peft_adapter")
 
 
 # -- generic Prefix / LoRA files (any block kinds; PEFT's formats cannot hold a Prefix) ----
