@@ -103,7 +103,7 @@ class Predictor:
       for indices, feats in _batches(ds, self.batch_size):
         peft = self.peft_for(trainable, frozen, feats, cache)
         tokens = np.asarray(self._predict(trainable, frozen, peft, feats["encoder_input_tokens"]))
-        out.extend((i, _strip(t)) for i, t in zip(indices, tokens))
+        out.extend((i, as_prediction(t, self.max_decode_length)) for i, t in zip(indices, tokens))
       return out
     return fn
 
@@ -125,6 +125,13 @@ def _strip(tokens: np.ndarray) -> list[int]:
   if decoding.EOS_ID in tokens:
     tokens = tokens[:tokens.index(decoding.EOS_ID)]
   return [int(t) for t in tokens if t != 0]
+
+
+def as_prediction(tokens: np.ndarray, length: int) -> list[int]:
+  """Tokens up to EOS, padded with 0 to `length`: seqio stacks predictions into one array,
+  so they must share a length (padding decodes to nothing)."""
+  ids = _strip(tokens)
+  return ids + [0] * (length - len(ids))
 
 
 def evaluate(evaluator: seqio.Evaluator, predictor: Predictor, trainable, frozen, step: int,

@@ -79,3 +79,13 @@ def test_score_fn_returns_target_log_likelihoods(downstream):
     logp = jax.nn.log_softmax(logits[0])
     want = sum(float(logp[j, t]) for j, t in enumerate(r["decoder_target_tokens"]) if t)
     np.testing.assert_allclose(scores[i], want, atol=1e-4)
+
+
+def test_predictions_share_a_length_and_decode_to_the_text():
+  from hypert5.data import vocab
+  byte = vocab.get_vocabulary("byte")
+  short = evaluation.as_prediction(np.array([100, 101, 1, 0, 0, 0]), 6)
+  long = evaluation.as_prediction(np.array([100, 101, 102, 103, 104, 105]), 6)
+  assert len(short) == len(long) == 6
+  np.array([short, long])  # what seqio does with them
+  assert byte.decode(short) == byte.decode([100, 101]) and byte.decode(long) != byte.decode(short)
