@@ -153,21 +153,10 @@ class Demo:
 
 
 def evaluate(exp, trainable, frozen, mixture: str) -> dict:
-  """seqio evaluation of the run's mixture; mean metrics over its tasks. Predictions are
-  padded to one width: seqio turns them into one numpy array, which fails when greedy
-  outputs differ in length (evaluation.Predictor.predict_fn returns ragged lists)."""
+  """seqio evaluation of the run's mixture; mean metrics over its tasks."""
   from hypert5 import runs
   from hypert5.training import evaluation
   evaluator, predictor = runs._evaluator_and_predictor(exp)
-  ragged = predictor.predict_fn
-
-  def padded(trainable, frozen):
-    fn = ragged(trainable, frozen)
-    width = predictor.max_decode_length
-    return lambda ds, model_feature_shapes=None: [
-        (i, list(t) + [0] * (width - len(t))) for i, t in fn(ds, model_feature_shapes)]
-
-  predictor.predict_fn = padded
   out_dir = os.path.join(exp.model_dir, "eval", mixture)
   return evaluation.evaluate(evaluator, predictor, trainable, frozen, 0, out_dir)["mean"]
 
