@@ -26,11 +26,13 @@ RUN_MODES = ("train", "eval", "infer", "export", "bench")
 
 def _register_gin():
   import gin
-  from hypert5.models import configs, hypermodel
+  from hypert5.models import configs, gisting, hypermodel, llama
   from hypert5.training import optimizers, partitioning, trainer
   for fn in (configs.get_config, configs.T5Config, hypermodel.HyperT5Config,
-             optimizers.OptimizerConfig, partitioning.MeshConfig, trainer.TrainerConfig):
+             gisting.HyperLlamaConfig, optimizers.OptimizerConfig, partitioning.MeshConfig,
+             trainer.TrainerConfig):
     gin.external_configurable(fn, module="hypert5")
+  gin.external_configurable(llama.get_config, name="get_llama_config", module="hypert5")
   return gin
 
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypert5.usage import UsageError, required as _required
-from hypert5.models import hypermodel, peft as peft_lib, t5
+from hypert5 import runs_llama  # decoder-only (HyperLlama) experiments run there
+from hypert5.models import gisting, hypermodel, llama, peft as peft_lib, t5
 from hypert5.models.configs import T5Config
 from hypert5.training import (checkpoints, evaluation, flops, model_io, modes, optimizers,
                               partitioning, peft_io, trainer as trainer_lib)
@@ -33,7 +34,7 @@ MODEL_KEYS = ("hyper_encoder_input_tokens", "encoder_input_tokens", "decoder_inp
 @dataclasses.dataclass
 class Experiment:
   model_dir: str
-  objective: modes.Objective
+  objective: modes.Objective | modes.DecoderObjective
   mixture: str
   task_feature_lengths: dict
   batch_size: int
@@ -51,7 +52,8 @@ class Experiment:
 
 @gin.configurable
 def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
-               model: T5Config = gin.REQUIRED, hyper: hypermodel.HyperT5Config | None = None,
+               model: T5Config | llama.LlamaConfig = gin.REQUIRED,
+               hyper: hypermodel.HyperT5Config | gisting.HyperLlamaConfig | None = None,
                downstream_checkpoint: str | None = None, initial_peft: str | None = None,
                mixture: str = gin.REQUIRED, task_feature_lengths: dict = gin.REQUIRED,
                batch_size: int = 32,
@@ -62,11 +64,13 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
                init_from: str | None = None,
                task_registrations: Any = ()) -> Experiment:
-  """Everything a run needs. `downstream_checkpoint` is a Hugging Face or T5X directory
-  (hypert5.load_t5); `initial_peft` a safetensors file written by `hypert5 export` (the
-  hyper-init for prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable
-  parameters this run starts from (stage 2 after hyperpretraining). `task_registrations` are configured register
-  functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
+  """Everything a run needs. `model` is a T5Config (with `hyper` a HyperT5Config) or a
+  LlamaConfig (with a HyperLlamaConfig: runs_llama.py runs those). `downstream_checkpoint`
+  is a Hugging Face or T5X directory (hypert5.load_t5; a Llama: hypert5.load_llama);
+  `initial_peft` a safetensors file written by `hypert5 export` (the hyper-init for
+  prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable parameters this
+  run starts from (stage 2 after hyperpretraining). `task_registrations` are configured
+  register functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
   model_dir = _required(model_dir, "MODEL_DIR")
   mixture = _required(mixture, "MIXTURE")
@@ -75,8 +79,11 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
     if value is gin.REQUIRED:  # an experiment file made it required; None stays allowed
       _required(value, macro)
   _register_tasks(task_registrations)
+  model = _required(model, "experiment.model")
   try:
-    objective = modes.Objective(mode, _required(model, "experiment.model"), hyper, z_loss)
+    objective = (runs_llama.objective(mode, model, hyper, z_loss)
+                 if runs_llama.is_decoder_only(model, hyper) else
+                 modes.Objective(mode, model, hyper, z_loss))
   except ValueError as e:
     raise UsageError(str(e)) from e
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
@@ -197,6 +204,8 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
   """Trains (or resumes) in MODEL_DIR. In `full` mode the final T5 is also written as a
   Hugging Face directory MODEL_DIR/hf, ready to be another run's downstream_checkpoint."""
   exp = experiment()
+  if runs_llama.handles(exp):
+    return runs_llama.train(exp, export_hf_at_end)
   _write_config(exp.model_dir)
   obj, cfg = exp.objective, exp.trainer
   downstream = load_downstream(exp)
@@ -285,6 +294,8 @@ def _restore_trainable(exp: Experiment) -> tuple[Any, Any]:
 def evaluate() -> dict:
   """Evaluates MODEL_DIR's latest checkpoint on EVAL_MIXTURE; writes MODEL_DIR/eval/."""
   exp = experiment()
+  if runs_llama.handles(exp):
+    return runs_llama.evaluate(exp)
   trainable, frozen, step = _restore_trainable(exp)
   evaluator, predictor = _evaluator_and_predictor(exp)
   return evaluation.evaluate(evaluator, predictor, trainable, frozen, step,
@@ -345,6 +356,8 @@ def infer(examples_file: str = gin.REQUIRED, queries_file: str = gin.REQUIRED,
   """Generates outputs for each query ({"input": ...}) of one task given its few-shot
   examples ({"input", "output"}); writes JSONL {"input", "output"}."""
   exp = experiment()
+  if runs_llama.handles(exp):
+    return runs_llama.infer(exp, examples_file, queries_file, output_file)
   peft, trainable, frozen = generate_for_examples(exp, _required(examples_file, "infer.examples_file"))
   vocab = _provider(exp.mixture).output_features["targets"].vocabulary
   queries = _read_jsonl(_required(queries_file, "infer.queries_file"), ("input",))
@@ -370,6 +383,8 @@ def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   """Writes one task's generated parameters: an Orbax checkpoint, a safetensors file, and
   for LoRA a PEFT adapter directory and a merged Hugging Face T5 directory."""
   exp = experiment()
+  if runs_llama.handles(exp):
+    return runs_llama.export(exp, examples_file, output_dir, formats)
   peft, trainable, frozen = generate_for_examples(exp, _required(examples_file, "export.examples_file"))
   if peft is None:
     raise UsageError("export needs a mode that generates parameters (hyper, prefix, lora)")
@@ -401,6 +416,8 @@ def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
 def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> dict:
   """Times training steps on random tokens at the configured size, mode and batch."""
   exp = experiment()
+  if runs_llama.handles(exp):
+    return runs_llama.bench(exp, steps, warmup, output_file)
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
   rng = np.random.default_rng(0)
   vocab = obj.t5.vocab_size

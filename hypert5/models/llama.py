@@ -425,8 +425,12 @@ class Llama(nn.Module):
 
 def init_params(config: LlamaConfig, rng: Array, length: int = 8) -> dict:
   """Randomly initialised parameters (logical-axis boxes removed)."""
-  variables = jax.jit(Llama(config).init)(rng, jnp.ones((1, length), jnp.int32))
-  return nn.unbox(variables["params"])
+  return _init_params(config, rng, length)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))  # compiled once per config, not per call
+def _init_params(config: LlamaConfig, rng: Array, length: int) -> dict:
+  return nn.unbox(Llama(config).init(rng, jnp.ones((1, length), jnp.int32))["params"])
 
 
 def abstract_params(config: LlamaConfig) -> Any:

@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 
 from hypert5 import decoding
-from hypert5.models import t5
+from hypert5.models import gisting, llama, t5
 from hypert5.training import modes
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def _stack(indices, rows, batch_size):
 
 class Predictor:
   """Jitted generation and scoring for one objective and its current parameters."""
+
+  hyper_key = HYPER_KEY  # the batch feature holding the few-shot tokens
 
   def __init__(self, objective: modes.Objective, batch_size: int, max_decode_length: int,
                num_beams: int = 1):
@@ -87,7 +89,7 @@ class Predictor:
     few-shot text, memoised in `cache` across the task's batches; else one per row."""
     if self.objective.mode != "hyper":
       return self.objective.generate(trainable, frozen, feats)
-    hyper = feats[HYPER_KEY]
+    hyper = feats[self.hyper_key]
     real = hyper[np.any(hyper != 0, axis=1)]
     if not (len(real) and (real == real[0]).all()):
       return self._generate(trainable, frozen, hyper)
@@ -97,12 +99,22 @@ class Predictor:
       cache[key] = self._generate(trainable, frozen, real[:1])
     return cache[key]
 
+  def predict_batch(self, trainable, frozen, peft, feats: dict) -> np.ndarray:
+    """Generated tokens [b, max_decode_length] for one batch of model features."""
+    return np.asarray(self._predict(trainable, frozen, peft, feats["encoder_input_tokens"]))
+
+  def score_batch(self, trainable, frozen, peft, feats: dict) -> np.ndarray:
+    """Summed target-token log-probabilities [b] for one batch of model features."""
+    batch = {k: feats[k] for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                   "decoder_target_tokens")}
+    return np.asarray(self._score(trainable, frozen, peft, batch))
+
   def predict_fn(self, trainable, frozen):
     def fn(ds, model_feature_shapes=None):
       out, cache = [], {}
       for indices, feats in _batches(ds, self.batch_size):
         peft = self.peft_for(trainable, frozen, feats, cache)
-        tokens = np.asarray(self._predict(trainable, frozen, peft, feats["encoder_input_tokens"]))
+        tokens = self.predict_batch(trainable, frozen, peft, feats)
         out.extend((i, as_prediction(t, self.max_decode_length)) for i, t in zip(indices, tokens))
       return out
     return fn
@@ -112,9 +124,7 @@ class Predictor:
       out, cache = [], {}
       for indices, feats in _batches(ds, self.batch_size):
         peft = self.peft_for(trainable, frozen, feats, cache)
-        batch = {k: feats[k] for k in ("encoder_input_tokens", "decoder_input_tokens",
-                                       "decoder_target_tokens")}
-        scores = np.asarray(self._score(trainable, frozen, peft, batch))
+        scores = self.score_batch(trainable, frozen, peft, feats)
         out.extend((i, float(s)) for i, s in zip(indices, scores))
       return out
     return fn
@@ -158,3 +168,77 @@ def make_evaluator(mixture: str, feature_converter, lengths: dict[str, int],
   loggers = (seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
   return seqio.Evaluator(mixture, feature_converter, eval_split=split, sequence_length=lengths,
                          logger_cls=loggers, log_dir=log_dir, use_memory_cache=True)
+
+
+# -- decoder-only (HyperLlama and its baselines) ------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per objective and shape
+def decoder_generate(objective: modes.DecoderObjective, trainable, frozen, hyper_tokens):
+  """The parameters a decoder-only objective injects for few-shot tokens [b, Lh]."""
+  return objective.generate(trainable, frozen, {"hyper_input_tokens": hyper_tokens})
+
+
+class DecoderPredictor(Predictor):
+  """Greedy generation and scoring for a `modes.DecoderObjective` on
+  DecoderOnlyFeatureConverter batches.
+
+  A row's prompt is `decoder_input_tokens` up to its first target (bos + inputs, with the
+  few-shot text in front in the in-context baseline); every token after it is zeroed, so
+  generation never sees the targets. Decoding is llama.generate (KV cache) with the
+  injected parameters of the mode: HyperLlama's gist prefix (generated once per task, as
+  in Predictor.peft_for), a tuned prefix or LoRA, or none (`full`). Greedy only.
+  `prompt_length` is the static prompt width (inputs + 1, plus hyper_inputs in context).
+  """
+
+  hyper_key = "hyper_input_tokens"
+
+  def __init__(self, objective: modes.DecoderObjective, batch_size: int,
+               max_decode_length: int, prompt_length: int, eos_id: int):
+    self.objective, self.batch_size = objective, batch_size
+    self.max_decode_length, self.num_beams = max_decode_length, 1
+    self.prompt_length, self.eos_id = prompt_length, eos_id
+    cfg = objective.llama
+
+    def downstream(trainable, frozen):
+      return trainable if objective.mode == "full" else frozen
+
+    def generate(trainable, frozen, hyper_tokens):
+      return decoder_generate(objective, trainable, frozen, hyper_tokens)
+
+    def predict(trainable, frozen, peft, prompt, lengths):  # llama.generate is jitted
+      return llama.generate(cfg, downstream(trainable, frozen), prompt, lengths,
+                            max_decode_length, peft, eos_id=eos_id)
+
+    @jax.jit
+    def score(trainable, frozen, peft, batch):
+      logits = gisting.downstream_logits(cfg, downstream(trainable, frozen),
+                                         batch["decoder_input_tokens"], peft)
+      logp = jax.nn.log_softmax(logits)
+      tok = jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+      return jnp.sum(tok * batch["decoder_loss_weights"], axis=-1)
+
+    self._generate, self._predict, self._score = generate, predict, score
+
+  def prompts(self, feats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt tokens [b, prompt_length] zero after each row's prompt, prompt lengths [b]).
+    Rows without a target (batch padding) get a 1-token prompt."""
+    weights = np.asarray(feats["decoder_loss_weights"]) > 0
+    lengths = np.where(weights.any(axis=1), weights.argmax(axis=1) + 1, 1)
+    lengths = np.minimum(lengths, self.prompt_length).astype(np.int32)
+    tokens = np.asarray(feats["decoder_input_tokens"])[:, :self.prompt_length]
+    keep = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    return np.where(keep, tokens, 0).astype(np.int32), lengths
+
+  def decode(self, trainable, frozen, peft, prompt, lengths) -> np.ndarray:
+    """Generated tokens [b, max_decode_length], 0 from each row's eos on."""
+    tokens = np.asarray(self._predict(trainable, frozen, peft, prompt, lengths))
+    return np.where(np.cumsum(tokens == self.eos_id, axis=1) > 0, 0, tokens)
+
+  def predict_batch(self, trainable, frozen, peft, feats: dict) -> np.ndarray:
+    return self.decode(trainable, frozen, peft, *self.prompts(feats))
+
+  def score_batch(self, trainable, frozen, peft, feats: dict) -> np.ndarray:
+    batch = {k: feats[k] for k in ("decoder_input_tokens", "decoder_target_tokens",
+                                   "decoder_loss_weights")}
+    return np.asarray(self._score(trainable, frozen, peft, batch))

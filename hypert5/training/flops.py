@@ -79,3 +79,33 @@ def measured_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
     f(x).block_until_ready()
     best = min(best, time.perf_counter() - t)
   return 2 * n ** 3 / best
+
+
+# -- decoder-only (Llama) ----------------------------------------------------------------
+
+
+def llama_forward_flops(cfg, length: int, prefix_len: int = 0, logits: bool = True) -> float:
+  """FLOPs of one Llama forward pass over `length` tokens of one example (`cfg` a
+  models.llama.LlamaConfig): q/k/v/o projections (k, v at the kv-head width), attention
+  over prefix + tokens, the SwiGLU MLP's three matmuls, and the output layer."""
+  d, inner, kv, ff = cfg.d_model, cfg.inner_dim, cfg.kv_dim, cfg.d_ff
+  proj = 2 * length * d * (2 * inner + 2 * kv)
+  attn = 2 * 2 * length * (length + prefix_len) * inner
+  mlp = 2 * length * d * ff * 3
+  out = 2 * length * d * cfg.vocab_size if logits else 0
+  return float(cfg.num_layers * (proj + attn + mlp) + out)
+
+
+def decoder_step_flops(mode: str, cfg, batch: int, length: int, hyper_len: int = 0,
+                       num_gist: int = 0) -> float:
+  """Training-step FLOPs of a modes.DecoderObjective: `full` trains the Llama (three
+  forwards); every other mode runs the frozen Llama forward plus activation gradients (two),
+  and `hyper` adds the hyper stream over few-shot + gist tokens, also frozen weights with
+  only LoRA and gist gradients (two; the LoRA matmuls are not counted)."""
+  if mode == "full":
+    return 3 * batch * llama_forward_flops(cfg, length)
+  prefix = num_gist if mode in ("hyper", "prefix") else 0
+  total = 2 * batch * llama_forward_flops(cfg, length, prefix)
+  if mode == "hyper":
+    total += 2 * batch * llama_forward_flops(cfg, hyper_len + num_gist, logits=False)
+  return total
