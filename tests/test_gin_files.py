@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hypert5 import main, runs
+from hypert5 import main, runs, runs_llama
 from hypert5.usage import UsageError
 from hypert5.models import t5
 from hypert5.training import optimizers, partitioning, train_step
@@ -25,6 +25,7 @@ from hypert5.training import optimizers, partitioning, train_step
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 # Where add-on files (models/, runs/, fragments) are checked: on top of a complete config.
 BASE = "experiments/synthetic_tiny.gin"
+LLAMA_BASE = "experiments/hyperllama_synthetic_tiny.gin"  # for the decoder-only pieces
 NUM_DEVICES = 8
 
 
@@ -100,7 +101,7 @@ def _configure(files: list[str]) -> tuple[runs.Experiment, list[str]]:
 
 @pytest.mark.parametrize("path", PIECES)
 def test_piece_parses_and_binds_on_a_complete_config(path):
-  exp, _ = _configure([BASE, path])
+  exp, _ = _configure([LLAMA_BASE if "llama" in path else BASE, path])
   assert isinstance(exp, runs.Experiment)
 
 
@@ -120,6 +121,9 @@ def _test_mesh(cfg: partitioning.MeshConfig) -> partitioning.MeshConfig:
 
 
 def _abstract_batch(exp: runs.Experiment) -> dict:
+  if runs_llama.handles(exp):
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32)
+            for k, shape in runs_llama.batch_shapes(exp).items()}
   lengths, b = exp.task_feature_lengths, exp.batch_size
   tokens = lambda n: jax.ShapeDtypeStruct((b, n), jnp.int32)
   batch = {"encoder_input_tokens": tokens(lengths["inputs"]),
@@ -142,6 +146,8 @@ _LOWERED: dict = {}
 
 def _structure(exp: runs.Experiment, mesh_cfg: partitioning.MeshConfig) -> tuple:
   obj = exp.objective
+  if runs_llama.handles(exp):  # no dropout in a Llama: the whole config is the structure
+    return obj.mode, obj.llama, obj.hyper, mesh_cfg
   t5_cfg = obj.t5.replace(dropout_rate=0.0)
   hyper = obj.hyper.replace(t5=t5_cfg) if obj.hyper else None
   return obj.mode, t5_cfg, hyper, mesh_cfg
@@ -160,12 +166,14 @@ def test_experiment_builds_and_lowers_a_train_step_at_real_size(path):
   _LOWERED[key] = path
 
   mesh = partitioning.make_mesh(mesh_cfg)
-  opt = optimizers.make_optimizer(
-      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None)
+  opt = (runs_llama.optimizer(exp) if runs_llama.handles(exp) else optimizers.make_optimizer(
+      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None))
   state_sh = train_step.state_shardings(obj, opt, mesh)
   frozen_sh = train_step.frozen_shardings(obj, mesh)
   trainable = nn.unbox(obj.abstract_trainable())
-  frozen = {} if obj.mode == "full" else nn.unbox(t5.abstract_params(obj.t5))
+  abstract_frozen = getattr(obj, "abstract_frozen", None)  # decoder-only objectives
+  frozen = ({} if obj.mode == "full" else
+            nn.unbox(abstract_frozen() if abstract_frozen else t5.abstract_params(obj.t5)))
   # What init produces (from the downstream checkpoint's shapes) is what the step expects.
   downstream = trainable if obj.mode == "full" else frozen
   initialised = jax.eval_shape(lambda d: obj.init(jax.random.key(0), d)[0], downstream)
