@@ -48,6 +48,7 @@ class Experiment:
   eval_batch_size: int
   num_beams: int
   init_from: str | None
+  init_head_from: str | None = None
 
 
 @gin.configurable
@@ -62,14 +63,16 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
                eval_mixture: str | None = None, eval_split: str = "validation",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
-               init_from: str | None = None,
+               init_from: str | None = None, init_head_from: str | None = None,
                task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `model` is a T5Config (with `hyper` a HyperT5Config) or a
   LlamaConfig (with a HyperLlamaConfig: runs_llama.py runs those). `downstream_checkpoint`
   is a Hugging Face or T5X directory (hypert5.load_t5; a Llama: hypert5.load_llama);
   `initial_peft` a safetensors file written by `hypert5 export` (the hyper-init for
   prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable parameters this
-  run starts from (stage 2 after hyperpretraining). `task_registrations` are configured
+  run starts from (stage 2 after hyperpretraining); `init_head_from` a prefix_friendly
+  run's MODEL_DIR whose reparameterisation head HyperT5-Prefix's generator head starts as.
+  `task_registrations` are configured
   register functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
   model_dir = _required(model_dir, "MODEL_DIR")
@@ -88,7 +91,8 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
     raise UsageError(str(e)) from e
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
                     optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
-                    eval_mixture, eval_split, eval_batch_size, num_beams, init_from)
+                    eval_mixture, eval_split, eval_batch_size, num_beams, init_from,
+                    init_head_from)
 
 
 def _register_tasks(registrations) -> None:
@@ -148,8 +152,39 @@ def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> I
       batch_size=exp.batch_size // num_hosts, verbose=False,
       shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
   ds = ds.with_options(performance.tf_data_options())
+  split = _oracle_splitter(exp) if exp.objective.mode == "prefix_friendly" else None
   for batch in ds.skip(start).as_numpy_iterator():
-    yield {k: v for k, v in batch.items() if k in MODEL_KEYS}
+    batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+    yield split(batch) if split else batch
+
+
+def batch_shapes(exp: Experiment) -> dict[str, tuple[int, int]]:
+  """{feature: (batch, length)} of the batches train_batches yields for this experiment."""
+  if runs_llama.handles(exp):
+    return runs_llama.batch_shapes(exp)
+  obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
+  shapes = {k: (b, lengths["targets"]) for k in MODEL_KEYS[2:]}
+  shapes["encoder_input_tokens"] = (b, lengths["inputs"])
+  if obj.mode == "hyper":
+    shapes["hyper_encoder_input_tokens"] = (b, lengths["hyper_inputs"])
+  if obj.mode == "prefix_friendly":
+    shapes.update(description_tokens=(b, obj.hyper.prefix_length), query_tokens=shapes[
+        "decoder_target_tokens"])
+  return shapes
+
+
+def _oracle_splitter(exp: Experiment):
+  """prefix_friendly mode: adds the description and bare query of each oracle row."""
+  from hypert5.data import fewshot
+  vocab_size = _provider(exp.mixture).output_features["inputs"].vocabulary.vocab_size
+  desc_len = exp.objective.hyper.prefix_length
+  query_len = exp.task_feature_lengths["targets"]
+
+  def split(batch):
+    desc, query = fewshot.split_oracle(batch["encoder_input_tokens"], vocab_size, desc_len,
+                                       query_len)
+    return {**batch, "description_tokens": desc, "query_tokens": query}
+  return split
 
 
 # -- models ----------------------------------------------------------------------------
@@ -185,7 +220,7 @@ def _write_config(model_dir: str) -> None:
       f.write(gin.config_str())
 
 
-def _evaluator_and_predictor(exp: Experiment):
+def evaluator_and_predictor(exp: Experiment):
   name = exp.eval_mixture or exp.mixture
   _provider(name)
   lengths = exp.task_feature_lengths
@@ -210,7 +245,9 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
   obj, cfg = exp.objective, exp.trainer
   downstream = load_downstream(exp)
   trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, initial_peft(exp))
-  if obj.mode != "full":
+  if exp.init_head_from:
+    trainable = init_head_from(trainable, exp.init_head_from)
+  if not obj.trains_downstream:
     checkpoints.write_downstream_reference(exp.model_dir, {
         "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,
         "note": "frozen downstream; referenced here, not re-saved in checkpoints/"})
@@ -253,15 +290,39 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
       trainer_lib.MetricsLogger(exp.model_dir, cfg.log_every, step_flops, cfg.num_steps),
       trainer_lib.CheckpointHook(checkpointer)]
   if cfg.eval_every and exp.eval_mixture:
-    evaluator, predictor = _evaluator_and_predictor(exp)
+    evaluator, predictor = evaluator_and_predictor(exp)
     hooks.append(trainer_lib.PeriodicHook(cfg.eval_every, lambda tr, st: evaluation.evaluate(
         evaluator, predictor, st.params, frozen, int(st.step),
         os.path.join(exp.model_dir, "eval"))))
   state = trainer.train(state, frozen, batches, hooks)
-  if obj.mode == "full" and export_hf_at_end and jax.process_index() == 0:
-    model_io.save_hf_t5(obj.t5, jax.device_get(state.params),
+  if obj.trains_downstream and export_hf_at_end and jax.process_index() == 0:
+    params = jax.device_get(state.params)
+    model_io.save_hf_t5(obj.t5, obj.downstream(params, {}),
                         os.path.join(exp.model_dir, "hf"), overwrite=True)
+    if obj.mode == "prefix_friendly":
+      peft_io.save_tree_safetensors(params["reparam"],
+                                    os.path.join(exp.model_dir, REPARAM_FILE))
   return state
+
+
+REPARAM_FILE = "reparam_head.safetensors"
+
+
+def init_head_from(trainable: dict, model_dir: str) -> dict:
+  """HyperT5-Prefix parameters whose generator head is a prefix_friendly run's
+  reparameterisation head (MODEL_DIR/reparam_head.safetensors, written at its end)."""
+  path = os.path.join(model_dir, REPARAM_FILE)
+  if "head" not in trainable or not os.path.exists(path):
+    raise UsageError(f"experiment.init_head_from: {path} not found, or this run is not "
+                     "HyperT5-Prefix; point it at a finished prefix_friendly run's MODEL_DIR")
+  head = peft_io.load_tree_safetensors(path)
+  if jax.tree.structure(head) != jax.tree.structure(trainable["head"]) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(head),
+                                         jax.tree.leaves(trainable["head"]))):
+    raise UsageError(f"{path}: the reparameterisation head does not match HyperT5's prefix "
+                     "head; use the same prefix_length, prefix_kinds and head_hidden")
+  log.info("initialised the prefix head from %s", path)
+  return {**trainable, "head": jax.tree.map(jnp.asarray, head)}
 
 
 def _chain(first, rest):
@@ -269,7 +330,7 @@ def _chain(first, rest):
   yield from rest
 
 
-def _restore_trainable(exp: Experiment) -> tuple[Any, Any]:
+def restore_trainable(exp: Experiment) -> tuple[Any, Any]:
   """(trainable, frozen) from MODEL_DIR's latest checkpoint."""
   obj = exp.objective
   downstream = load_downstream(exp)
@@ -296,8 +357,8 @@ def evaluate() -> dict:
   exp = experiment()
   if runs_llama.handles(exp):
     return runs_llama.evaluate(exp)
-  trainable, frozen, step = _restore_trainable(exp)
-  evaluator, predictor = _evaluator_and_predictor(exp)
+  trainable, frozen, step = restore_trainable(exp)
+  evaluator, predictor = evaluator_and_predictor(exp)
   return evaluation.evaluate(evaluator, predictor, trainable, frozen, step,
                              os.path.join(exp.model_dir, "eval"))
 
@@ -340,7 +401,7 @@ def _read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
 
 def generate_for_examples(exp: Experiment, examples_file: str):
   """(generated peft [batch 1], trainable, frozen) for the few-shot examples in a JSONL."""
-  trainable, frozen, _ = _restore_trainable(exp)
+  trainable, frozen, _ = restore_trainable(exp)
   obj = exp.objective
   if obj.mode != "hyper":
     return obj.generate(trainable, frozen, {}), trainable, frozen
@@ -403,7 +464,7 @@ def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
       peft_io.save_peft_adapter(peft, exp.objective.t5, written[fmt])
     elif fmt == "merged":
       written[fmt] = os.path.join(output_dir, "merged_hf")
-      downstream = frozen if exp.objective.mode != "full" else trainable
+      downstream = exp.objective.downstream(trainable, frozen)
       merged = peft_lib.merge_lora(jax.device_get(downstream), peft, exp.objective.t5)
       model_io.save_hf_t5(exp.objective.t5, merged, written[fmt], overwrite=True)
     else:
@@ -420,14 +481,9 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> d
     return runs_llama.bench(exp, steps, warmup, output_file)
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
   rng = np.random.default_rng(0)
-  vocab = obj.t5.vocab_size
-  tok = lambda n: rng.integers(2, vocab, (b, n)).astype(np.int32)
-  batch = {"encoder_input_tokens": tok(lengths["inputs"]),
-           "decoder_input_tokens": tok(lengths["targets"]),
-           "decoder_target_tokens": tok(lengths["targets"]),
-           "decoder_loss_weights": np.ones((b, lengths["targets"]), np.int32)}
-  if obj.mode == "hyper":
-    batch["hyper_encoder_input_tokens"] = tok(lengths["hyper_inputs"])
+  batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
+           for k, shape in batch_shapes(exp).items()}
+  batch["decoder_loss_weights"] = np.ones_like(batch["decoder_loss_weights"])
   mesh = partitioning.make_mesh(exp.mesh)
   opt = optimizers.make_optimizer(exp.optimizer)
   downstream = t5.init_params(obj.t5, jax.random.key(0))

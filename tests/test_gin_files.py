@@ -19,7 +19,6 @@ import pytest
 
 from hypert5 import main, runs, runs_llama
 from hypert5.usage import UsageError
-from hypert5.models import t5
 from hypert5.training import optimizers, partitioning, train_step
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -121,18 +120,8 @@ def _test_mesh(cfg: partitioning.MeshConfig) -> partitioning.MeshConfig:
 
 
 def _abstract_batch(exp: runs.Experiment) -> dict:
-  if runs_llama.handles(exp):
-    return {k: jax.ShapeDtypeStruct(shape, jnp.int32)
-            for k, shape in runs_llama.batch_shapes(exp).items()}
-  lengths, b = exp.task_feature_lengths, exp.batch_size
-  tokens = lambda n: jax.ShapeDtypeStruct((b, n), jnp.int32)
-  batch = {"encoder_input_tokens": tokens(lengths["inputs"]),
-           "decoder_input_tokens": tokens(lengths["targets"]),
-           "decoder_target_tokens": tokens(lengths["targets"]),
-           "decoder_loss_weights": tokens(lengths["targets"])}
-  if exp.objective.mode == "hyper":
-    batch["hyper_encoder_input_tokens"] = tokens(lengths["hyper_inputs"])
-  return batch
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32)
+          for k, shape in runs.batch_shapes(exp).items()}
 
 
 def _shapes(tree):
@@ -171,11 +160,9 @@ def test_experiment_builds_and_lowers_a_train_step_at_real_size(path):
   state_sh = train_step.state_shardings(obj, opt, mesh)
   frozen_sh = train_step.frozen_shardings(obj, mesh)
   trainable = nn.unbox(obj.abstract_trainable())
-  abstract_frozen = getattr(obj, "abstract_frozen", None)  # decoder-only objectives
-  frozen = ({} if obj.mode == "full" else
-            nn.unbox(abstract_frozen() if abstract_frozen else t5.abstract_params(obj.t5)))
+  frozen = nn.unbox(obj.abstract_frozen())
   # What init produces (from the downstream checkpoint's shapes) is what the step expects.
-  downstream = trainable if obj.mode == "full" else frozen
+  downstream = obj.downstream(trainable, frozen)
   initialised = jax.eval_shape(lambda d: obj.init(jax.random.key(0), d)[0], downstream)
   assert _shapes(initialised) == _shapes(trainable)
   state = jax.eval_shape(

@@ -58,8 +58,7 @@ class Predictor:
     self.max_decode_length, self.num_beams = max_decode_length, num_beams
     model = t5.T5(objective.t5)
 
-    def downstream(trainable, frozen):
-      return trainable if objective.mode == "full" else frozen
+    downstream = objective.downstream
 
     @jax.jit
     def generate(trainable, frozen, hyper_tokens):
@@ -200,8 +199,7 @@ class DecoderPredictor(Predictor):
     self.prompt_length, self.eos_id = prompt_length, eos_id
     cfg = objective.llama
 
-    def downstream(trainable, frozen):
-      return trainable if objective.mode == "full" else frozen
+    downstream = objective.downstream
 
     def generate(trainable, frozen, hyper_tokens):
       return decoder_generate(objective, trainable, frozen, hyper_tokens)

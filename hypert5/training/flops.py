@@ -47,7 +47,7 @@ def step_flops(mode: str, cfg: T5Config, batch: int, enc_len: int, dec_len: int,
                hyper_len: int = 0, num_queries: int = 0, prefix_len: int = 0) -> float:
   """Training-step FLOPs for a batch under a training mode (see training/modes.py)."""
   down = t5_forward_flops(cfg, enc_len, dec_len, prefix_len)
-  if mode == "full":
+  if mode in ("full", "prefix_friendly"):  # prefix_friendly: about full's cost
     return 3 * batch * down
   total = 2 * batch * down  # frozen: forward + activation gradients
   if mode == "hyper":

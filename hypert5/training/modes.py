@@ -10,6 +10,14 @@ optimizer, so it costs its own memory only):
 - `prefix` / `lora`: trainable = one task's Prefix / LoRA (batch axis 1, shared by every
             row); frozen = the downstream T5. Initialised randomly or from HyperT5's
             generated values (the paper's hyper-init).
+- `prefix_friendly`: trainable = {"t5": the downstream T5, "reparam": a PrefixHead};
+            frozen = {}. A T5-MTF variant that teaches the downstream to read prefixes
+            before it is frozen: on oracle rows (description + query), half of each batch
+            reads the description as ordinary tokens, the other half reads the bare query
+            with the description turned into a key/value prefix by `reparam` (HyperT5's
+            prefix head over the description's token embeddings). At small scale a
+            hypermodel over a downstream that never saw a prefix learns almost nothing;
+            HyperT5-Prefix's head can start from `reparam` (runs: init_head_from).
 
 Batches are dicts in the feature converter's layout (hyper_encoder_input_tokens,
 encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights).
@@ -19,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -26,7 +35,9 @@ from hypert5.models import gisting, hypermodel, llama, peft as peft_lib, t5
 from hypert5.models.configs import T5Config
 from hypert5.training import losses
 
-MODES = ("hyper", "full", "prefix", "lora")
+MODES = ("hyper", "full", "prefix", "lora", "prefix_friendly")
+# Batch features of prefix_friendly mode, split from oracle rows by the input pipeline.
+ORACLE_KEYS = ("description_tokens", "query_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +59,20 @@ class Objective:
     if self.mode != "full" and self.hyper is None:
       raise ValueError(f"training mode {self.mode!r} needs a HyperT5Config (hyper=...) for "
                        "the shapes of the generated parameters")
+    if self.mode == "prefix_friendly" and self.hyper.peft_type != "prefix":
+      raise ValueError("training mode 'prefix_friendly' needs a prefix HyperT5Config (its "
+                       "prefix_length, prefix_kinds and head_hidden shape the reparam head)")
+
+  @property
+  def trains_downstream(self) -> bool:
+    """Whether the downstream T5 itself is trainable (nothing is frozen)."""
+    return self.mode in ("full", "prefix_friendly")
+
+  def downstream(self, trainable, frozen) -> dict:
+    """The downstream T5's parameters under this mode."""
+    if self.mode == "full":
+      return trainable
+    return trainable["t5"] if self.mode == "prefix_friendly" else frozen
 
   # -- parameters ------------------------------------------------------------------------
 
@@ -56,11 +81,20 @@ class Objective:
     """Returns (trainable, frozen)."""
     if self.mode == "full":
       return downstream_params, {}
+    if self.mode == "prefix_friendly":
+      reparam = nn.unbox(jax.jit(self._reparam_head().init)(rng, self._reparam_dummy())["params"])
+      return {"t5": downstream_params, "reparam": reparam}, {}
     if self.mode == "hyper":
       return hypermodel.init_hyper_params(self.hyper, rng, downstream_params), downstream_params
     if initial_peft is not None:
       return _first_row(initial_peft), downstream_params
     return self.random_peft(rng), downstream_params
+
+  def _reparam_head(self) -> hypermodel.PrefixHead:
+    return hypermodel.PrefixHead(self.hyper)
+
+  def _reparam_dummy(self):
+    return jnp.zeros((1, self.hyper.prefix_length, self.t5.d_model), jnp.float32)
 
   def random_peft(self, rng: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:
     """Random initial values for prefix / LoRA tuning (B = 0 for LoRA, as in PEFT)."""
@@ -87,7 +121,14 @@ class Objective:
       return hypermodel.abstract_hyper_params(self.hyper)
     if self.mode == "full":
       return t5.abstract_params(self.t5)
+    if self.mode == "prefix_friendly":
+      reparam = jax.eval_shape(self._reparam_head().init, jax.random.key(0),
+                               self._reparam_dummy())
+      return {"t5": t5.abstract_params(self.t5), "reparam": reparam["params"]}
     return jax.eval_shape(self.random_peft, jax.random.key(0))
+
+  def abstract_frozen(self) -> Any:
+    return {} if self.trains_downstream else t5.abstract_params(self.t5)
 
   # -- forward ---------------------------------------------------------------------------
 
@@ -98,9 +139,15 @@ class Objective:
       rngs = {"dropout": rng} if enable_dropout else {}
       return hypermodel.HyperT5(self.hyper).apply(
           {"params": trainable}, batch["hyper_encoder_input_tokens"], enable_dropout, rngs=rngs)
-    if self.mode == "full":
+    if self.trains_downstream:
       return None
     return trainable
+
+  def reparam_prefix(self, trainable, description_tokens: jax.Array) -> peft_lib.Prefix:
+    """prefix_friendly: the description [batch, prefix_length] as a key/value prefix."""
+    table = trainable["t5"]["token_embedder"]["embedding"]
+    embedded = jnp.take(table, description_tokens, axis=0)
+    return self._reparam_head().apply({"params": trainable["reparam"]}, embedded)
 
   def logits(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
              enable_dropout: bool = False) -> jax.Array:
@@ -108,7 +155,7 @@ class Objective:
     if enable_dropout:
       gen_rng, down_rng = jax.random.split(rng)
     peft = self.generate(trainable, frozen, batch, gen_rng, enable_dropout)
-    downstream = trainable if self.mode == "full" else jax.lax.stop_gradient(frozen)
+    downstream = self.downstream(trainable, jax.lax.stop_gradient(frozen))
     rngs = {"dropout": down_rng} if enable_dropout else {}
     return t5.T5(self.t5).apply({"params": downstream}, batch["encoder_input_tokens"],
                                 batch["decoder_input_tokens"], peft, enable_dropout, rngs=rngs)
@@ -116,9 +163,33 @@ class Objective:
   def loss(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
            enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
     """(sum of token losses, number of target tokens)."""
+    if self.mode == "prefix_friendly":
+      return self._prefix_friendly_loss(trainable, batch, rng, enable_dropout)
     logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
     return losses.cross_entropy(logits, batch["decoder_target_tokens"],
                                 batch.get("decoder_loss_weights"), self.z_loss)
+
+  def _prefix_friendly_loss(self, trainable, batch, rng, enable_dropout):
+    """First half of the batch: description as text; second half: description as prefix."""
+    half = batch["encoder_input_tokens"].shape[0] // 2
+    first = {k: v[:half] for k, v in batch.items()}
+    second = {k: v[half:] for k, v in batch.items()}
+    rngs = [{}, {}]
+    if enable_dropout:
+      rngs = [{"dropout": r} for r in jax.random.split(rng)]
+    model = t5.T5(self.t5)
+    params = {"params": trainable["t5"]}
+    as_text = model.apply(params, first["encoder_input_tokens"], first["decoder_input_tokens"],
+                          None, enable_dropout, rngs=rngs[0])
+    prefix = self.reparam_prefix(trainable, second["description_tokens"])
+    as_prefix = model.apply(params, second["query_tokens"], second["decoder_input_tokens"],
+                            prefix, enable_dropout, rngs=rngs[1])
+    total, count = 0.0, 0.0
+    for logits, part in ((as_text, first), (as_prefix, second)):
+      l, w = losses.cross_entropy(logits, part["decoder_target_tokens"],
+                                  part.get("decoder_loss_weights"), self.z_loss)
+      total, count = total + l, count + w
+    return total, count
 
 
 def _first_row(peft):
@@ -185,6 +256,10 @@ class DecoderObjective:
 
   def abstract_frozen(self) -> Any:
     return {} if self.mode == "full" else llama.abstract_params(self.llama)
+
+  def downstream(self, trainable, frozen) -> dict:
+    """The downstream Llama's parameters under this mode."""
+    return trainable if self.mode == "full" else frozen
 
   def generate(self, trainable, frozen, batch: dict, rng=None,
                enable_dropout: bool = False) -> peft_lib.PEFT:

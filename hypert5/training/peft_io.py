@@ -198,6 +198,23 @@ def save_peft_safetensors(peft, path: str) -> str:
   return path
 
 
+def save_tree_safetensors(tree: dict, path: str) -> str:
+  """A nested dict of arrays (e.g. a Flax module's params) as one safetensors file with
+  "/"-joined keys; written to a temp file and renamed, so a crash keeps the old file."""
+  from flax import traverse_util
+  tensors = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  safetensors.numpy.save_file(tensors, path + ".tmp")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def load_tree_safetensors(path: str) -> dict:
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: no such file")
+  return _nest(safetensors.numpy.load_file(path))
+
+
 def load_peft_safetensors(path: str):
   if not os.path.exists(path):
     raise CheckpointError(f"{path}: no such file (expected a .safetensors written by "

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from hypert5.models import t5
 from hypert5.training import modes, partitioning
 
 log = logging.getLogger(__name__)
@@ -112,11 +111,7 @@ def state_shardings(objective: modes.Objective, optimizer: optax.GradientTransfo
 
 
 def frozen_shardings(objective: modes.Objective, mesh: Mesh) -> Any:
-  if objective.mode == "full":
-    return {}
-  abstract_frozen = getattr(objective, "abstract_frozen", None)  # decoder-only objectives
-  boxed = abstract_frozen() if abstract_frozen else t5.abstract_params(objective.t5)
-  return partitioning.param_shardings(boxed, mesh)
+  return partitioning.param_shardings(objective.abstract_frozen(), mesh)
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh, state_sh: TrainState, frozen_sh: Any,
