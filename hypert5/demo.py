@@ -4,7 +4,8 @@ A sequence of hypert5 runs, each a gin experiment (gin/experiments/demo_*.gin), 
 in-process:
 
   1 downstream   T5 trained multi-task with the task description in its input (oracle
-                 layout), prefix-friendly (demo_objectives.PrefixFriendly); then frozen
+                 layout) in training mode prefix_friendly (hypert5.training.modes); then
+                 frozen
   2 icl          T5-MTF baseline: a T5 trained with the K examples in its input
   3 hyper        HyperT5-Prefix and HyperT5-LoRA on training tasks (examples only)
   4 eval         held-out tasks through seqio: zero-shot frozen model (bare query),
@@ -29,9 +30,9 @@ from typing import Sequence
 log = logging.getLogger("hypert5.demo")
 
 # (name, steps) per stage; --quick uses the second column.
-STEPS = {"downstream": (2000, 40), "icl": (600, 20), "hyper_prefix": (800, 20),
+STEPS = {"downstream": (3000, 40), "icl": (600, 20), "hyper_prefix": (800, 20),
          "hyper_lora": (800, 20), "tune": (60, 8)}
-HELDOUT = (64, 2)
+HELDOUT = (32, 2)
 ROWS = (("zero_shot", "Zero-shot frozen T5 (bare query)"),
         ("icl", "T5-MTF, examples in context"),
         ("hyper_prefix", "HyperT5-Prefix"),
@@ -40,7 +41,7 @@ ROWS = (("zero_shot", "Zero-shot frozen T5 (bare query)"),
 
 
 def _register_heldout(n: int) -> None:
-  """demo_<mode>_heldout mixtures of the first n held-out tasks (all 64 by default)."""
+  """demo_<mode>_heldout mixtures of the first n held-out tasks."""
   import seqio
   import tasks  # noqa: F401
   from tasks import synthetic
@@ -56,82 +57,71 @@ class Demo:
   def __init__(self, out: str, quick: bool, extra: Sequence[str]):
     self.out, self.quick, self.extra = os.path.abspath(out), quick, list(extra)
     self.runs = os.path.join(self.out, "runs")
-    self.downstream_hf = os.path.join(self.runs, "downstream", "hf")
 
   def steps(self, stage: str) -> int:
     return STEPS[stage][1 if self.quick else 0]
 
-  def configure(self, gin_files: Sequence[str], model_dir: str, *bindings: str):
-    from hypert5 import main, runs
-    main.parse_gin(gin_files, [f"MODEL_DIR='{model_dir}'", *bindings, *self.extra])
-    return runs.experiment()
+  def configure(self, gin_files: Sequence[str], stage: str, *bindings: str) -> None:
+    from hypert5 import main
+    main.parse_gin(gin_files, [f"MODEL_DIR='{self._dir(stage)}'", *bindings, *self.extra])
 
-  def _ds(self) -> str:
-    return f"experiment.downstream_checkpoint='{self.downstream_hf}'"
+  def run(self, mode: str, gin_files: Sequence[str], stage: str, *bindings: str):
+    """`hypert5 MODE --gin_file=... --gin.MODEL_DIR=OUT/runs/STAGE ...`, in-process."""
+    from hypert5 import main
+    self.configure(gin_files, stage, *bindings)
+    return main.run(mode)
+
+  def _downstream(self) -> str:
+    return f"experiment.downstream_checkpoint='{os.path.join(self._dir('downstream'), 'hf')}'"
 
   # -- stages ----------------------------------------------------------------------------
 
   def train_downstream(self) -> None:
-    from hypert5 import demo_objectives
-    exp = self.configure(["experiments/demo_downstream.gin"], self._dir("downstream"),
-                         f"hypert5.TrainerConfig.num_steps={self.steps('downstream')}")
-    demo_objectives.train_prefix_friendly(exp)
+    self.run("train", ["experiments/demo_downstream.gin"], "downstream",
+             f"hypert5.TrainerConfig.num_steps={self.steps('downstream')}")
 
   def eval_downstream(self, mixture: str, inputs_len: int) -> dict:
-    """The frozen downstream on a held-out mixture (no generated parameters)."""
-    from hypert5 import runs
-    exp = self.configure(["experiments/demo_downstream.gin"], self._dir("downstream"),
-                         self._ds(), f"EVAL_MIXTURE='{mixture}'",
-                         f"experiment.task_feature_lengths={{'inputs': {inputs_len}, "
-                         "'targets': 11}")
-    return evaluate(exp, runs.load_downstream(exp), {}, mixture)
-
-  def eval_run(self, gin_files: Sequence[str], stage: str, mixture: str) -> dict:
-    """MODEL_DIR's latest checkpoint on a held-out mixture (what `hypert5 eval` does)."""
-    from hypert5 import runs
-    exp = self.configure(gin_files, self._dir(stage), self._ds(), f"EVAL_MIXTURE='{mixture}'")
-    trainable, frozen, _ = runs._restore_trainable(exp)
-    return evaluate(exp, trainable, frozen, mixture)
+    """The trained downstream T5 alone (no generated parameters) on a held-out mixture:
+    bare queries (zero-shot) or description + query (oracle)."""
+    return self.run("eval", ["experiments/demo_downstream.gin", "runs/eval.gin"], "downstream",
+                    f"EVAL_MIXTURE='{mixture}'",
+                    f"experiment.task_feature_lengths={{'inputs': {inputs_len}, "
+                    "'targets': 11}")["mean"]
 
   def train_icl(self) -> dict:
-    from hypert5 import main
     gin = ["experiments/demo_icl.gin"]
-    self.configure(gin, self._dir("icl"), f"hypert5.TrainerConfig.num_steps={self.steps('icl')}")
-    main.run("train")
-    return self.eval_run(gin + ["runs/eval.gin"], "icl", "demo_icl_heldout")
+    self.run("train", gin, "icl", self._downstream(),
+             f"hypert5.TrainerConfig.num_steps={self.steps('icl')}")
+    return self.run("eval", gin + ["runs/eval.gin"], "icl",
+                    "EVAL_MIXTURE='demo_icl_heldout'")["mean"]
 
   def train_hyper(self, kind: str) -> dict:
-    from hypert5 import demo_objectives, main
     stage = f"hyper_{kind}"
     gin = [f"experiments/demo_{stage}.gin"]
-    exp = self.configure(gin, self._dir(stage), self._ds(),
-                         f"hypert5.TrainerConfig.num_steps={self.steps(stage)}")
-    reparam = os.path.join(self._dir("downstream"), demo_objectives.REPARAM_FILE)
-    demo_objectives.train_hyper(exp, reparam)
-    return self.eval_run(gin + ["runs/eval.gin"], stage, "demo_heldout")
+    head = ([f"experiment.init_head_from='{self._dir('downstream')}'"] if kind == "prefix"
+            else [])
+    self.run("train", gin, stage, self._downstream(), *head,
+             f"hypert5.TrainerConfig.num_steps={self.steps(stage)}")
+    return self.run("eval", gin + ["runs/eval.gin"], stage, self._downstream(),
+                    "EVAL_MIXTURE='demo_heldout'")["mean"]
 
   def export(self, kind: str, formats: tuple[str, ...]) -> dict:
     """Held-out task 0's generated parameters from its K examples (`hypert5 export`)."""
-    from hypert5 import main
-    examples = self._examples_file()
     stage = f"hyper_{kind}"
-    self.configure([f"experiments/demo_{stage}.gin", "runs/export.gin"], self._dir(stage),
-                   self._ds(), f"EXAMPLES_FILE='{examples}'",
-                   f"EXPORT_DIR='{os.path.join(self.out, 'export_' + kind)}'",
-                   f"export.formats={formats!r}")
-    return main.run("export")
+    return self.run("export", [f"experiments/demo_{stage}.gin", "runs/export.gin"], stage,
+                    self._downstream(), f"EXAMPLES_FILE='{self._examples_file()}'",
+                    f"EXPORT_DIR='{os.path.join(self.out, 'export_' + kind)}'",
+                    f"export.formats={formats!r}")
 
   def tune(self, name: str, initial: str | None) -> list[float]:
     """Prefix tuning on held-out task 0's train split; returns per-step losses."""
-    from hypert5 import main
-    model_dir = self._dir(f"tune_{name}")
-    self.configure(["experiments/demo_tune.gin"], model_dir, self._ds(),
-                   "MIXTURE='synthetic_plain_heldout_000'",
-                   f"INITIAL_PEFT={initial!r}" if initial else "INITIAL_PEFT=None",
-                   f"hypert5.TrainerConfig.num_steps={self.steps('tune')}")
-    main.run("train")
+    stage = f"tune_{name}"
+    self.run("train", ["experiments/demo_tune.gin"], stage, self._downstream(),
+             "MIXTURE='synthetic_plain_heldout_000'",
+             f"INITIAL_PEFT={initial!r}" if initial else "INITIAL_PEFT=None",
+             f"hypert5.TrainerConfig.num_steps={self.steps('tune')}")
     losses = {}
-    with open(os.path.join(model_dir, "train_log.jsonl")) as f:
+    with open(os.path.join(self._dir(stage), "train_log.jsonl")) as f:
       for line in f:
         row = json.loads(line)
         losses[row["step"]] = row["loss"]
@@ -150,15 +140,6 @@ class Demo:
       for x, y in synthetic.FAMILY.support(member):
         f.write(json.dumps({"input": x, "output": y}) + "\n")
     return path
-
-
-def evaluate(exp, trainable, frozen, mixture: str) -> dict:
-  """seqio evaluation of the run's mixture; mean metrics over its tasks."""
-  from hypert5 import runs
-  from hypert5.training import evaluation
-  evaluator, predictor = runs._evaluator_and_predictor(exp)
-  out_dir = os.path.join(exp.model_dir, "eval", mixture)
-  return evaluation.evaluate(evaluator, predictor, trainable, frozen, 0, out_dir)["mean"]
 
 
 def _steps_to(curve: list[float], target: float) -> int | None:
@@ -183,10 +164,11 @@ def plot_curves(curves: dict[str, list[float]], path: str) -> None:
 
 
 def format_table(rows: dict[str, dict]) -> str:
-  lines = [f"{'method':<36} {'exact match':>11} {'ROUGE-L':>8}", "-" * 57]
+  """Metrics in percent, as seqio's exact_match and rougeL report them."""
+  lines = [f"{'method':<36} {'exact match %':>13} {'ROUGE-L':>8}", "-" * 59]
   for key, label in ROWS:
     m = rows[key]
-    lines.append(f"{label:<36} {m['exact_match']:>11.3f} {m.get('rougeL', float('nan')):>8.3f}")
+    lines.append(f"{label:<36} {m['exact_match']:>13.1f} {m.get('rougeL', float('nan')):>8.1f}")
   return "\n".join(lines)
 
 
@@ -209,7 +191,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, extra: Sequence[str] = 
 
   stage("train downstream", demo.train_downstream)
   rows["zero_shot"] = stage("eval zero-shot", demo.eval_downstream, "demo_plain_heldout", 11)
-  rows["oracle"] = stage("eval oracle", demo.eval_downstream, "demo_oracle_heldout", 75)
+  rows["oracle"] = stage("eval oracle", demo.eval_downstream, "demo_oracle_heldout", 30)
   rows["icl"] = stage("train+eval T5-MTF icl", demo.train_icl)
   rows["hyper_prefix"] = stage("train+eval HyperT5-Prefix", demo.train_hyper, "prefix")
   rows["hyper_lora"] = stage("train+eval HyperT5-LoRA", demo.train_hyper, "lora")
@@ -227,7 +209,7 @@ def run_demo(out: str = "demo_out", quick: bool = False, extra: Sequence[str] = 
   os.replace(lora["peft"], adapter)
   random_final = min(curves["random init"][-3:])
   table = {
-      "metric": "mean over held-out tasks (validation queries)",
+      "metric": "mean over held-out tasks (validation queries), percent",
       "heldout_tasks": HELDOUT[1 if quick else 0], "quick": quick,
       "rows": {key: {"label": label, **rows[key]} for key, label in ROWS},
       "tuning": {"task": "synthetic_plain_heldout_000", "curves": curves,

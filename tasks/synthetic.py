@@ -1,11 +1,15 @@
 """`synthetic`: a seeded, file-free family of string tasks, the project's embedded default.
 
-A member reverses its input or copies it, then substitutes three letters ("rev_ad_ck_fb":
-reverse, then a->d, c->k, f->b) over a 12-letter alphabet. Which member a task is shows
-only through its examples, so a model can solve it only by reading them; each member also
-has a short description for the oracle baseline. Prototypes settled the shape: this is
-learnable by tiny models where Caesar shifts were not, thousands of distinct training
-members matter (4,096), K = 6, and inputs of 5-10 letters keep byte sequences short.
+A member copies its input, then substitutes three letters ("id_ad_ck_fb": a->d, c->k,
+f->b) over a 12-letter alphabet; with `reversal=True` half the members reverse the input
+first ("rev_..."). Which member a task is shows only through its examples, so a model can
+solve it only by reading them; each member also has a short description ("copy: a>d c>k
+f>b") for the oracle baseline. Prototypes settled the shape: this is learnable by tiny
+models where Caesar shifts were not, thousands of distinct training members matter
+(4,096), K = 6, and inputs of 5-10 letters keep byte sequences short. Reversal is off by
+default: a tiny T5 learns the copy-and-substitute family with a description in ~1,500
+steps, while with reversal it stayed near 60% token accuracy after 1,600 (measured in the
+demo's session); long English descriptions ("replace a with d, ...") slowed it further.
 
 The family and its split are a function of `seed`: training and held-out members are
 disjoint. Training rows are generated in TensorFlow from their index (any number of them,
@@ -49,8 +53,8 @@ class Member:
 
   @property
   def description(self) -> str:
-    subs = ", ".join(f"{a} with {b}" for a, b in self.subs)
-    return f"{'reverse' if self.reverse else 'copy'} the letters, then replace {subs}"
+    subs = " ".join(f"{a}>{b}" for a, b in self.subs)
+    return f"{'reverse' if self.reverse else 'copy'}: {subs}"
 
   def __call__(self, text: str) -> str:
     table = dict(self.subs)
@@ -78,6 +82,7 @@ class Family:
   num_subs: int = 3
   min_len: int = 5
   max_len: int = 10
+  reversal: bool = False  # members may reverse their input before substituting
   alphabet: str = ALPHABET
   heldout_sizes: Tuple[int, int, int] = (256, 64, 64)  # train / validation / test queries
 
@@ -103,7 +108,8 @@ class Family:
       dst = rng.choice(letters, self.num_subs, replace=False)
       if any(a == b for a, b in zip(src, dst)):
         continue
-      chosen.setdefault(Member(bool(rng.integers(2)),
+      reverse = bool(rng.integers(2)) if self.reversal else False
+      chosen.setdefault(Member(reverse,
                                tuple((str(a), str(b)) for a, b in zip(src, dst))))
     return tuple(chosen)
 
@@ -241,14 +247,16 @@ def heldout_task_name(i: int, mode: str = "hyper") -> str:
 
 def register(seed: int = 0, num_train: int = 4096, num_heldout: int = 64, k: int = 6,
              vocabulary="byte", modes: Sequence[str] = pipelines.MODES,
-             train_examples: int = 4096 * 64, validation_examples: int = 2048) -> Family:
+             train_examples: int = 4096 * 64, validation_examples: int = 2048,
+             reversal: bool = False) -> Family:
   """Registers the family's tasks and mixtures (see the module docstring); returns it.
 
   Idempotent: calling again (e.g. with another seed) replaces the tasks. The default
   family is registered when `tasks` is imported.
   """
   global FAMILY
-  family = Family(seed=seed, num_train=num_train, num_heldout=num_heldout, k=k)
+  family = Family(seed=seed, num_train=num_train, num_heldout=num_heldout, k=k,
+                  reversal=reversal)
   postprocess, metric_fns = pipelines.metrics(pipelines.GENERATIVE)
   vocabulary = vocab_lib.as_vocabulary(vocabulary)
   for mode in modes:

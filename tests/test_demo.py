@@ -18,7 +18,7 @@ def test_quick_demo_writes_table_png_and_adapter(tmp_path):
   assert saved["quick"] and saved["heldout_tasks"] == 2
   assert set(saved["rows"]) == {key for key, _ in demo.ROWS}
   for row in saved["rows"].values():
-    assert 0.0 <= row["exact_match"] <= 1.0
+    assert 0.0 <= row["exact_match"] <= 100.0  # percent, as seqio reports it
   curves = saved["tuning"]["curves"]
   assert set(curves) == {"hyper-init", "random init"}
   assert all(len(c) == demo.STEPS["tune"][1] for c in curves.values())

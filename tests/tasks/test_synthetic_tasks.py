@@ -32,7 +32,7 @@ def test_member_semantics_and_description():
   member = synthetic.Member(reverse=True, subs=(("a", "d"), ("c", "k"), ("f", "b")))
   assert member.name == "rev_ad_ck_fb"
   assert member("abcf") == "bkbd"  # reversed to "fcba", then f->b, c->k, a->d
-  assert member.description == "reverse the letters, then replace a with d, c with k, f with b"
+  assert member.description == "reverse: a>d c>k f>b"
   assert synthetic.Member(False, (("a", "b"), ("b", "a")))("ab") == "ba"  # simultaneous
 
 
