@@ -30,8 +30,8 @@ from typing import Sequence
 log = logging.getLogger("hypert5.demo")
 
 # (name, steps) per stage; --quick uses the second column.
-STEPS = {"downstream": (3000, 40), "icl": (600, 20), "hyper_prefix": (800, 20),
-         "hyper_lora": (800, 20), "tune": (60, 8)}
+STEPS = {"downstream": (5000, 40), "icl": (600, 20), "hyper_prefix": (1200, 20),
+         "hyper_lora": (1200, 20), "tune": (60, 8)}
 HELDOUT = (32, 2)
 ROWS = (("zero_shot", "Zero-shot frozen T5 (bare query)"),
         ("icl", "T5-MTF, examples in context"),
