@@ -60,6 +60,20 @@ def test_too_few_examples_raise_or_skip(tmp_path):
   assert names["train"] == ["bigbench_ok"]
 
 
+def test_max_train_tasks_keeps_a_seeded_subset_of_training_tasks(tmp_path):
+  path = tmp_path / "tasks.jsonl"
+  tasks = [fx.bigbench_task(f"t{i}", False) for i in range(6)]
+  path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+  names = bigbench.register(str(path), k=2, vocabulary="byte", heldout=["t0"],
+                            max_train_tasks=2)
+  assert names["heldout"] == ["bigbench_t0"] and len(names["train"]) == 2
+  assert bigbench.register(str(path), k=2, vocabulary="byte", heldout=["t0"],
+                           max_train_tasks=2) == names  # the same subset every time
+  other = bigbench.register(str(path), k=2, vocabulary="byte", heldout=["t0"],
+                            max_train_tasks=2, seed=1)
+  assert other["heldout"] == ["bigbench_t0"] and len(other["train"]) == 2
+
+
 def test_shared_bigbench_file(shared_data):
   vocab = get_vocabulary(str(shared_data / "t5_spiece.model"))
   path = shared_data / "bigbench_tasks_first200.jsonl.gz"
