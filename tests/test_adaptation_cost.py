@@ -115,6 +115,7 @@ def test_tuning_stop_rule_and_report(setup):
   assert rows["b"]["flops_ratio"] == capped["flops"] / 1e6
   summary = bench.summarize(list(rows.values()))
   assert summary["tasks"] == 2 and summary["reached"] == 1
+  assert summary["ratios_are_lower_bounds"]
   assert summary["flops_ratio_of_means"] > 0 and summary["time_ratio_with_compile_of_means"] > 0
   table = bench.format_table(rows, summary)
   assert "mean" in table and "2*" in table  # not reached: the step count is starred
