@@ -99,14 +99,17 @@ def test_scan_layers_and_cache_with_peft(downstream, generated):
   scfg = CFG.replace(scan_layers=True)
   sparams = model_io.stack_layers(downstream, scfg)
   np.testing.assert_allclose(_apply(scfg, sparams, peft), base, atol=1e-5)
+  # The uncached decoders re-run the checked forward pass: the reference for the cached
+  # ones, unscanned and scanned (each decoding loop is a compile of its own).
+  model = t5.T5(CFG)
+  plain = decoding.greedy(model, downstream, ENC, 6, peft=peft, use_cache=False)
+  beam_plain = decoding.beam_search(model, downstream, ENC, 6, peft=peft, num_beams=3,
+                                    use_cache=False)
   for cfg, params in ((CFG, downstream), (scfg, sparams)):
     model = t5.T5(cfg)
     cached = decoding.greedy(model, params, ENC, 6, peft=peft)
-    plain = decoding.greedy(model, params, ENC, 6, peft=peft, use_cache=False)
     np.testing.assert_array_equal(cached, plain)
     beam = decoding.beam_search(model, params, ENC, 6, peft=peft, num_beams=3)
-    beam_plain = decoding.beam_search(model, params, ENC, 6, peft=peft, num_beams=3,
-                                      use_cache=False)
     np.testing.assert_array_equal(beam[0], beam_plain[0])
 
 

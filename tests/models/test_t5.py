@@ -10,6 +10,10 @@ from hypert5.training import model_io
 
 ENC = jnp.array([[5, 6, 7, 8, 9, 10, 1, 0], [8, 9, 1, 0, 0, 0, 0, 0], [3, 4, 5, 6, 1, 0, 0, 0]])
 DEC = jnp.array([[0, 3, 4, 5, 6], [0, 5, 7, 0, 0], [0, 9, 9, 9, 1]])
+# Decoding (the KV cache, scan in the loop, beam bookkeeping) is the same code for both
+# variants; every while loop is a separate compile, so its invariants run on v1.1, and v1.0's
+# cached greedy (plain and scanned) and beam search match transformers in test_hf_parity.
+V1_0_DECODING = "decoding invariants run on v1.1; v1.0 decoding is checked against HF goldens"
 
 
 @pytest.fixture(scope="module", params=["v1_1", "v1_0"])
@@ -68,6 +72,8 @@ def test_scan_and_remat_match_plain(tiny, remat):
 @pytest.mark.parametrize("scan", [False, True])
 def test_cached_decoding_equals_uncached(tiny, scan):
   cfg, params = tiny
+  if cfg.tie_embeddings:
+    pytest.skip(V1_0_DECODING)
   if scan:
     cfg = cfg.replace(scan_layers=True)
     params = model_io.stack_layers(params, cfg)
@@ -96,6 +102,8 @@ def _sequence_logprob(cfg, params, enc, tokens):
 
 def test_greedy_follows_argmax_and_beam_scores_are_consistent(tiny):
   cfg, params = tiny
+  if cfg.tie_embeddings:
+    pytest.skip(V1_0_DECODING)
   model = t5.T5(cfg)
   tokens = decoding.greedy(model, params, ENC, 6)
   dec = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]

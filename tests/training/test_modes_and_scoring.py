@@ -10,7 +10,9 @@ from hypert5.models import configs, hypermodel, t5
 from hypert5.training import evaluation, modes, optimizers, train_step
 
 CFG = configs.get_config("tiny")
-HYPER = hypermodel.HyperT5Config(t5=CFG, peft_type="lora", prefix_length=4, head_hidden=32)
+# test_hypermodel's configs: the session's compilation cache (tests/conftest.py) then
+# compiles each hypermodel init once.
+HYPER = hypermodel.HyperT5Config(t5=CFG, peft_type="lora", prefix_length=6, head_hidden=32)
 
 
 @pytest.fixture(scope="module")
