@@ -252,8 +252,7 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
         "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,
         "note": "frozen downstream; referenced here, not re-saved in checkpoints/"})
   mesh = partitioning.make_mesh(exp.mesh)
-  opt = optimizers.make_optimizer(
-      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None)
+  opt = optimizer(exp)
 
   checkpointer = checkpoints.Checkpointer(exp.model_dir, cfg.keep_checkpoints,
                                           cfg.checkpoint_every, cfg.async_checkpoints)
@@ -330,17 +329,27 @@ def _chain(first, rest):
   yield from rest
 
 
+def optimizer(exp: Experiment):
+  """The run's optimizer; in hyper mode HyperT5's new parts (queries, heads) form their own
+  group with OptimizerConfig.new_param_lr_multiplier."""
+  new_params = optimizers.hyper_new_params if exp.objective.mode == "hyper" else None
+  return optimizers.make_optimizer(exp.optimizer, new_params)
+
+
 def restore_trainable(exp: Experiment) -> tuple[Any, Any]:
   """(trainable, frozen) from MODEL_DIR's latest checkpoint."""
   obj = exp.objective
-  downstream = load_downstream(exp)
+  if obj.trains_downstream and exp.downstream_checkpoint is None:
+    # The checkpoint holds the downstream itself: random values are only the template.
+    downstream = t5.init_params(obj.t5, jax.random.key(0))
+  else:
+    downstream = load_downstream(exp)
   trainable, frozen = obj.init(jax.random.key(0), downstream, initial_peft(exp))
   checkpointer = checkpoints.Checkpointer(exp.model_dir, async_save=False)
   if checkpointer.latest_step() is None:
     raise UsageError(f"{exp.model_dir}/checkpoints: no checkpoint to evaluate; train first "
                      "or point MODEL_DIR at a trained run")
-  opt = optimizers.make_optimizer(
-      exp.optimizer, optimizers.hyper_new_params if obj.mode == "hyper" else None)
+  opt = optimizer(exp)
   from hypert5.training import train_step
   template = train_step.create_train_state(opt, trainable, jax.random.key(0))
   try:
@@ -484,9 +493,25 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> d
   batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
            for k, shape in batch_shapes(exp).items()}
   batch["decoder_loss_weights"] = np.ones_like(batch["decoder_loss_weights"])
+  hyper = obj.hyper
+  step_flops = flops.step_flops(
+      obj.mode, obj.t5, b, lengths["inputs"], lengths["targets"], lengths.get("hyper_inputs", 0),
+      hyper.num_queries if hyper else 0,
+      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
+  return time_train_steps(exp, optimizer(exp),
+                          t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
+                          step_flops, b * (lengths["inputs"] + lengths["targets"]),
+                          output_file, lengths=lengths)
+
+
+def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps: int,
+                     warmup: int, step_flops: float, tokens_per_step: int,
+                     output_file: str | None, **fields) -> dict:
+  """`hypert5 bench`'s measurement (T5 and Llama experiments): the median time of `steps`
+  jitted, donated train steps after `warmup`, on one fixed batch; throughput, TFLOP/s,
+  MFU and peak memory from it. Prints the result as JSON and writes it to `output_file`."""
+  obj = exp.objective
   mesh = partitioning.make_mesh(exp.mesh)
-  opt = optimizers.make_optimizer(exp.optimizer)
-  downstream = t5.init_params(obj.t5, jax.random.key(0))
   trainable, frozen = obj.init(jax.random.key(1), downstream)
   tr = trainer_lib.Trainer(obj, opt, exp.trainer, mesh, batch)
   state, frozen = tr.init_state(trainable), tr.place_frozen(frozen)
@@ -499,19 +524,14 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> d
       jax.block_until_ready(metrics)
       if i >= warmup:
         times.append(time.perf_counter() - t0)
-  hyper = obj.hyper
-  step_flops = flops.step_flops(
-      obj.mode, obj.t5, b, lengths["inputs"], lengths["targets"], lengths.get("hyper_inputs", 0),
-      hyper.num_queries if hyper else 0,
-      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
   step_time = float(np.median(times))
   peak, source = flops.device_peak_flops()
   tflops = step_flops / step_time / jax.device_count() / 1e12
   stats = jax.devices()[0].memory_stats() or {}
   result = {
       "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "mode": obj.mode,
-      "batch": b, "lengths": lengths, "step_time_s": step_time,
-      "tokens_per_s": b * (lengths["inputs"] + lengths["targets"]) / step_time,
+      "batch": exp.batch_size, **fields, "step_time_s": step_time,
+      "tokens_per_s": tokens_per_step / step_time,
       "model_tflops_per_step": step_flops / 1e12, "tflops_per_device": tflops,
       "mfu": tflops * 1e12 / peak if peak else None, "peak_source": source,
       "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Any, Iterator
 
 import gin
@@ -403,39 +402,9 @@ def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None
   batch = {k: rng.integers(2, obj.llama.vocab_size, s).astype(np.int32)
            for k, s in shapes.items()}
   batch["decoder_loss_weights"] = np.ones(shapes["decoder_loss_weights"], np.int32)
-  mesh = partitioning.make_mesh(exp.mesh)
-  downstream = llama.init_params(obj.llama, jax.random.key(0))
-  trainable, frozen = obj.init(jax.random.key(1), downstream)
-  tr = trainer_lib.Trainer(obj, optimizer(exp), exp.trainer, mesh, batch)
-  state, frozen = tr.init_state(trainable), tr.place_frozen(frozen)
-  times = []
-  with jax.set_mesh(mesh), partitioning.axis_rules():
-    placed = jax.device_put(batch, tr.batch_sh)
-    for i in range(warmup + steps):
-      t0 = time.perf_counter()
-      state, metrics = tr._step(state, frozen, placed)
-      jax.block_until_ready(metrics)
-      if i >= warmup:
-        times.append(time.perf_counter() - t0)
-  step_time = float(np.median(times))
-  step_flops = _step_flops(exp, shapes)
-  peak, source = flops.device_peak_flops()
-  tflops = step_flops / step_time / jax.device_count() / 1e12
-  stats = jax.devices()[0].memory_stats() or {}
   tokens = sum(int(np.prod(s)) for k, s in shapes.items() if k != "decoder_target_tokens"
                and k != "decoder_loss_weights")
-  result = {
-      "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-      "model": "llama", "mode": obj.mode, "batch": exp.batch_size,
-      "lengths": {k: s[1] for k, s in shapes.items()}, "step_time_s": step_time,
-      "tokens_per_s": tokens / step_time,
-      "model_tflops_per_step": step_flops / 1e12, "tflops_per_device": tflops,
-      "mfu": tflops * 1e12 / peak if peak else None, "peak_source": source,
-      "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
-      "trainable_params": modes.count_params(trainable),
-  }
-  print(json.dumps(result, indent=2))
-  if output_file:
-    with open(output_file, "w") as f:
-      json.dump(result, f, indent=2)
-  return result
+  downstream = llama.init_params(obj.llama, jax.random.key(0))
+  return runs.time_train_steps(exp, optimizer(exp), downstream, batch, steps, warmup,
+                               _step_flops(exp, shapes), tokens, output_file, model="llama",
+                               lengths={k: s[1] for k, s in shapes.items()})

@@ -1,0 +1,45 @@
+"""`hypert5 bench` end to end at toy shapes (T5 HyperT5-LoRA and HyperLlama): the report's
+fields, its arithmetic (tokens/s and TFLOP/s from the measured step time, the analytic FLOP
+count) and the JSON file. Speed itself is the benchmark's business, not asserted here."""
+import json
+import math
+
+import pytest
+
+from hypert5 import main
+from hypert5.training import flops
+
+SMALL = ["--gin.bench.steps=2", "--gin.bench.warmup=1", "--gin.experiment.batch_size=4",
+         "--gin.hypert5.MeshConfig.data=1"]
+
+
+def _bench(tmp_path, gin_file, lengths):
+  out = tmp_path / "bench.json"
+  argv = ["bench", f"--gin_file={gin_file}", "--gin_file=runs/bench.gin",
+          f"--gin.MODEL_DIR='{tmp_path}'", f"--gin.bench.output_file='{out}'",
+          f"--gin.experiment.task_feature_lengths={lengths}", *SMALL]
+  assert main.main(argv) == 0
+  return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("gin_file,lengths,model", [
+    ("experiments/synthetic_tiny.gin", {"hyper_inputs": 24, "inputs": 8, "targets": 6}, "t5"),
+    ("experiments/hyperllama_synthetic_tiny.gin",
+     {"hyper_inputs": 24, "inputs": 8, "targets": 6}, "llama"),
+])
+def test_bench_reports_consistent_throughput(tmp_path, gin_file, lengths, model):
+  r = _bench(tmp_path, gin_file, lengths)
+  assert r["mode"] == "hyper" and r["batch"] == 4 and r["devices"] >= 1
+  assert r.get("model", "t5") == model
+  assert r["step_time_s"] > 0 and r["trainable_params"] > 0
+  assert r["model_tflops_per_step"] > 0
+  # TFLOP/s per device is the analytic step FLOPs over the measured time.
+  assert math.isclose(r["tflops_per_device"],
+                      r["model_tflops_per_step"] / r["step_time_s"] / r["devices"], rel_tol=1e-6)
+  peak, _ = flops.device_peak_flops()
+  assert math.isclose(r["mfu"], r["tflops_per_device"] * 1e12 / peak, rel_tol=1e-6)
+  if model == "t5":  # tokens: the batch's encoder + decoder positions
+    assert math.isclose(r["tokens_per_s"], 4 * (8 + 6) / r["step_time_s"], rel_tol=1e-6)
+    assert r["lengths"] == lengths
+  else:
+    assert r["tokens_per_s"] > 0 and "decoder_input_tokens" in r["lengths"]
