@@ -154,11 +154,11 @@ def copy_reference(n: int) -> dict:
   score of a model that copies and has learned nothing about the task (a member substitutes
   three of twelve letters, so short queries often contain none of them)."""
   from tasks import synthetic
-  scores = [100.0 * sum(x == y for x, y in synthetic.FAMILY.queries(m, "validation")) /
-            len(synthetic.FAMILY.queries(m, "validation"))
-            for m in synthetic.FAMILY.heldout_members[:n]]
-  score = sum(scores) / len(scores)
-  return {"exact_match": score}
+  scores = []
+  for member in synthetic.FAMILY.heldout_members[:n]:
+    queries = synthetic.FAMILY.queries(member, "validation")
+    scores.append(100.0 * sum(x == y for x, y in queries) / len(queries))
+  return {"exact_match": sum(scores) / len(scores)}
 
 
 def _steps_to(curve: list[float], target: float) -> int | None:
