@@ -279,14 +279,8 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
   trainer.batches_consumed = start
   frozen = trainer.place_frozen(frozen)
 
-  lengths = exp.task_feature_lengths
-  hyper = obj.hyper
-  step_flops = flops.step_flops(
-      obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0), lengths.get("targets", 0),
-      lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0,
-      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
   hooks: list[trainer_lib.Hook] = [
-      trainer_lib.MetricsLogger(exp.model_dir, cfg.log_every, step_flops, cfg.num_steps),
+      trainer_lib.MetricsLogger(exp.model_dir, cfg.log_every, _step_flops(exp), cfg.num_steps),
       trainer_lib.CheckpointHook(checkpointer)]
   if cfg.eval_every and exp.eval_mixture:
     evaluator, predictor = evaluator_and_predictor(exp)
@@ -327,6 +321,15 @@ def init_head_from(trainable: dict, model_dir: str) -> dict:
 def _chain(first, rest):
   yield from first
   yield from rest
+
+
+def _step_flops(exp: Experiment) -> float:
+  """Analytic model FLOPs of one training step (training logs and `hypert5 bench`)."""
+  obj, lengths, hyper = exp.objective, exp.task_feature_lengths, exp.objective.hyper
+  return flops.step_flops(
+      obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0), lengths.get("targets", 0),
+      lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0,
+      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
 
 
 def optimizer(exp: Experiment):
@@ -493,14 +496,9 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> d
   batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
            for k, shape in batch_shapes(exp).items()}
   batch["decoder_loss_weights"] = np.ones_like(batch["decoder_loss_weights"])
-  hyper = obj.hyper
-  step_flops = flops.step_flops(
-      obj.mode, obj.t5, b, lengths["inputs"], lengths["targets"], lengths.get("hyper_inputs", 0),
-      hyper.num_queries if hyper else 0,
-      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
   return time_train_steps(exp, optimizer(exp),
                           t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
-                          step_flops, b * (lengths["inputs"] + lengths["targets"]),
+                          _step_flops(exp), b * (lengths["inputs"] + lengths["targets"]),
                           output_file, lengths=lengths)
 
 
