@@ -4,7 +4,7 @@ A sequence of hypert5 runs, each a gin experiment (gin/experiments/demo_*.gin), 
 in-process:
 
   1 downstream   T5 trained multi-task with the task description in its input (oracle
-                 layout) in training mode prefix_friendly (hypert5.training.modes); then
+                 layout) in training mode peft_friendly (hypert5.training.modes); then
                  frozen
   2 icl          T5-MTF baseline: a T5 trained with the K examples in its input
   3 hyper        HyperT5-Prefix and HyperT5-LoRA on training tasks (examples only)
@@ -32,7 +32,7 @@ from typing import Sequence
 log = logging.getLogger("hypert5.demo")
 
 # (name, steps) per stage; --quick uses the second column.
-STEPS = {"downstream": (5000, 40), "icl": (1000, 20), "hyper_prefix": (2000, 20),
+STEPS = {"downstream": (10000, 40), "icl": (1000, 20), "hyper_prefix": (2000, 20),
          "hyper_lora": (2000, 20), "tune": (60, 8)}
 HELDOUT = (32, 2)
 ROWS = (("copy", "Reference: copy the query unchanged"),
@@ -105,9 +105,8 @@ class Demo:
   def train_hyper(self, kind: str) -> dict:
     stage = f"hyper_{kind}"
     gin = [f"experiments/demo_{stage}.gin"]
-    head = ([f"experiment.init_head_from='{self._dir('downstream')}'"] if kind == "prefix"
-            else [])
-    self.run("train", gin, stage, self._downstream(), *head,
+    self.run("train", gin, stage, self._downstream(),
+             f"experiment.init_head_from='{self._dir('downstream')}'",
              f"hypert5.TrainerConfig.num_steps={self.steps(stage)}")
     return self.run("eval", gin + ["runs/eval.gin"], stage, self._downstream(),
                     "EVAL_MIXTURE='demo_heldout'")["mean"]

@@ -70,8 +70,8 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   is a Hugging Face or T5X directory (hypert5.load_t5; a Llama: hypert5.load_llama);
   `initial_peft` a safetensors file written by `hypert5 export` (the hyper-init for
   prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable parameters this
-  run starts from (stage 2 after hyperpretraining); `init_head_from` a prefix_friendly
-  run's MODEL_DIR whose reparameterisation head HyperT5-Prefix's generator head starts as.
+  run starts from (stage 2 after hyperpretraining); `init_head_from` a peft_friendly
+  run's MODEL_DIR whose description reader (queries and head) HyperT5 starts as.
   `task_registrations` are configured
   register functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
@@ -152,7 +152,7 @@ def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> I
       batch_size=exp.batch_size // num_hosts, verbose=False,
       shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
   ds = ds.with_options(performance.tf_data_options())
-  split = _oracle_splitter(exp) if exp.objective.mode == "prefix_friendly" else None
+  split = _oracle_splitter(exp) if exp.objective.mode == "peft_friendly" else None
   for batch in ds.skip(start).as_numpy_iterator():
     batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}
     yield split(batch) if split else batch
@@ -167,14 +167,14 @@ def batch_shapes(exp: Experiment) -> dict[str, tuple[int, int]]:
   shapes["encoder_input_tokens"] = (b, lengths["inputs"])
   if obj.mode == "hyper":
     shapes["hyper_encoder_input_tokens"] = (b, lengths["hyper_inputs"])
-  if obj.mode == "prefix_friendly":
+  if obj.mode == "peft_friendly":
     shapes.update(description_tokens=(b, obj.hyper.prefix_length), query_tokens=shapes[
         "decoder_target_tokens"])
   return shapes
 
 
 def _oracle_splitter(exp: Experiment):
-  """prefix_friendly mode: adds the description and bare query of each oracle row."""
+  """peft_friendly mode: adds the description and bare query of each oracle row."""
   from hypert5.data import fewshot
   vocab_size = _provider(exp.mixture).output_features["inputs"].vocabulary.vocab_size
   desc_len = exp.objective.hyper.prefix_length
@@ -246,7 +246,7 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
   downstream = load_downstream(exp)
   trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, initial_peft(exp))
   if exp.init_head_from:
-    trainable = init_head_from(trainable, exp.init_head_from)
+    trainable = init_head_from(trainable, exp.init_head_from, obj.hyper.peft_type)
   if not obj.trains_downstream:
     checkpoints.write_downstream_reference(exp.model_dir, {
         "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,
@@ -292,30 +292,36 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
     params = jax.device_get(state.params)
     model_io.save_hf_t5(obj.t5, obj.downstream(params, {}),
                         os.path.join(exp.model_dir, "hf"), overwrite=True)
-    if obj.mode == "prefix_friendly":
+    if obj.mode == "peft_friendly":
       peft_io.save_tree_safetensors(params["reparam"],
                                     os.path.join(exp.model_dir, REPARAM_FILE))
   return state
 
 
-REPARAM_FILE = "reparam_head.safetensors"
+REPARAM_FILE = "reparam.safetensors"
 
 
-def init_head_from(trainable: dict, model_dir: str) -> dict:
-  """HyperT5-Prefix parameters whose generator head is a prefix_friendly run's
-  reparameterisation head (MODEL_DIR/reparam_head.safetensors, written at its end)."""
+def init_head_from(trainable: dict, model_dir: str, peft_type: str) -> dict:
+  """HyperT5 parameters whose queries and generator head are a peft_friendly run's
+  description reader of `peft_type` (MODEL_DIR/reparam.safetensors, written at its end);
+  with the body from that run's T5 the hypermodel starts as that reader."""
   path = os.path.join(model_dir, REPARAM_FILE)
   if "head" not in trainable or not os.path.exists(path):
     raise UsageError(f"experiment.init_head_from: {path} not found, or this run is not "
-                     "HyperT5-Prefix; point it at a finished prefix_friendly run's MODEL_DIR")
-  head = peft_io.load_tree_safetensors(path)
-  if jax.tree.structure(head) != jax.tree.structure(trainable["head"]) or any(
-      a.shape != b.shape for a, b in zip(jax.tree.leaves(head),
-                                         jax.tree.leaves(trainable["head"]))):
-    raise UsageError(f"{path}: the reparameterisation head does not match HyperT5's prefix "
-                     "head; use the same prefix_length, prefix_kinds and head_hidden")
-  log.info("initialised the prefix head from %s", path)
-  return {**trainable, "head": jax.tree.map(jnp.asarray, head)}
+                     "HyperT5; point it at a finished peft_friendly run's MODEL_DIR")
+  saved = peft_io.load_tree_safetensors(path)
+  if peft_type not in saved:
+    raise UsageError(f"{path} has no {peft_type!r} reader (it has {sorted(saved)}); "
+                     "retrain the peft_friendly run with this version")
+  reparam = saved[peft_type]
+  expected = {k: trainable[k] for k in modes.REPARAM_KEYS}
+  if jax.tree.structure(reparam) != jax.tree.structure(expected) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(reparam), jax.tree.leaves(expected))):
+    raise UsageError(f"{path}: the {peft_type} reader does not match this HyperT5's queries "
+                     "and head; use the same prefix_length, prefix_kinds, lora_rank, "
+                     "lora_targets and head_hidden as the peft_friendly run")
+  log.info("initialised the %s queries and head from %s", peft_type, path)
+  return {**trainable, **jax.tree.map(jnp.asarray, reparam)}
 
 
 def _chain(first, rest):
@@ -326,6 +332,10 @@ def _chain(first, rest):
 def _step_flops(exp: Experiment) -> float:
   """Analytic model FLOPs of one training step (training logs and `hypert5 bench`)."""
   obj, lengths, hyper = exp.objective, exp.task_feature_lengths, exp.objective.hyper
+  if obj.mode == "peft_friendly":  # the readers' queries, averaged over their rows
+    queries = sum(obj.reader(k).num_queries for k in modes.READERS) // len(modes.READERS)
+    return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths["inputs"],
+                            lengths["targets"], hyper.prefix_length, queries)
   return flops.step_flops(
       obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0), lengths.get("targets", 0),
       lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0,

@@ -304,7 +304,7 @@ def split_oracle(tokens: np.ndarray, vocab_size: int, description_len: int,
   prefix and no examples) -> (description [b, description_len], query + EOS [b, query_len]),
   the query laid out as plain and hyper tasks lay it out. `vocab_size` is the vocabulary's
   size: the markers are the sentinels counted down from its top. For training mode
-  `prefix_friendly` (hypert5.training.modes)."""
+  `peft_friendly` (hypert5.training.modes)."""
   desc = np.zeros((len(tokens), description_len), np.int32)
   query = np.zeros((len(tokens), query_len), np.int32)
   for i, row in enumerate(tokens):
@@ -312,7 +312,7 @@ def split_oracle(tokens: np.ndarray, vocab_size: int, description_len: int,
     if len(marks) < 2:
       raise DataError(f"oracle row {i} lacks the `description <m> query <m>` layout of an "
                       f"oracle-mode task (markers {vocab_size - 1}, {vocab_size - 2}): "
-                      f"{row.tolist()}; train mode prefix_friendly on an *_oracle_* mixture")
+                      f"{row.tolist()}; train mode peft_friendly on an *_oracle_* mixture")
     d = row[:marks[0]][:description_len]
     q = list(row[marks[0] + 1:marks[1]][:query_len - 1]) + [1]
     desc[i, :len(d)], query[i, :len(q)] = d, q

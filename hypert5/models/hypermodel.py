@@ -181,13 +181,18 @@ def init_hyper_params(config: HyperT5Config, rng: Array, downstream_params: dict
   return params
 
 
+def body_of(downstream_params: dict) -> dict:
+  """The downstream parameters HyperT5's body shares: embedder, encoder, decoder minus its
+  output layer."""
+  body = {name: downstream_params[name] for name in BODY}
+  body["decoder"] = {k: v for k, v in body["decoder"].items() if k != "logits_dense"}
+  return body
+
+
 def init_from_downstream(hyper_params: dict, downstream_params: dict) -> dict:
   """Copies the downstream body (embedder, encoder, decoder minus its output layer)."""
   params = dict(hyper_params)
-  for name in BODY:
-    src = downstream_params[name]
-    if name == "decoder":
-      src = {k: v for k, v in src.items() if k != "logits_dense"}
+  for name, src in body_of(downstream_params).items():
     expected = jax.tree.structure(params[name])
     if jax.tree.structure(src) != expected:
       raise ValueError(f"downstream {name!r} parameters do not match the hypermodel body; "

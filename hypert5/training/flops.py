@@ -47,8 +47,13 @@ def step_flops(mode: str, cfg: T5Config, batch: int, enc_len: int, dec_len: int,
                hyper_len: int = 0, num_queries: int = 0, prefix_len: int = 0) -> float:
   """Training-step FLOPs for a batch under a training mode (see training/modes.py)."""
   down = t5_forward_flops(cfg, enc_len, dec_len, prefix_len)
-  if mode in ("full", "prefix_friendly"):  # prefix_friendly: about full's cost
+  if mode == "full":
     return 3 * batch * down
+  if mode == "peft_friendly":  # full's cost (description rows read it as text or as
+    # generated parameters: about the same), plus a reader HyperT5 over half the batch's
+    # descriptions (hyper_len tokens, num_queries queries), forward + backward
+    return 3 * batch * down + 3 * (batch // 2) * t5_forward_flops(
+        cfg, hyper_len, num_queries, logits=False)
   total = 2 * batch * down  # frozen: forward + activation gradients
   if mode == "hyper":
     total += 3 * batch * t5_forward_flops(cfg, hyper_len, num_queries, logits=False)

@@ -10,14 +10,20 @@ optimizer, so it costs its own memory only):
 - `prefix` / `lora`: trainable = one task's Prefix / LoRA (batch axis 1, shared by every
             row); frozen = the downstream T5. Initialised randomly or from HyperT5's
             generated values (the paper's hyper-init).
-- `prefix_friendly`: trainable = {"t5": the downstream T5, "reparam": a PrefixHead};
-            frozen = {}. A T5-MTF variant that teaches the downstream to read prefixes
-            before it is frozen: on oracle rows (description + query), half of each batch
-            reads the description as ordinary tokens, the other half reads the bare query
-            with the description turned into a key/value prefix by `reparam` (HyperT5's
-            prefix head over the description's token embeddings). At small scale a
-            hypermodel over a downstream that never saw a prefix learns almost nothing;
-            HyperT5-Prefix's head can start from `reparam` (runs: init_head_from).
+- `peft_friendly`: trainable = {"t5": the downstream T5, "reparam": {"prefix": ...,
+            "lora": ...}, each a HyperT5's queries and head}; frozen = {}. A T5-MTF variant
+            that teaches the downstream to read generated parameters before it is frozen:
+            on oracle rows (description + query), half of each batch reads the description
+            as ordinary tokens; the rest reads the bare query with the description turned
+            into a prefix (one quarter) or a LoRA (the other) by a description reader: a
+            HyperT5 whose body is the T5 itself and whose queries and head are
+            `reparam[kind]`. At small scale a hypermodel over a downstream that never saw
+            generated parameters learns almost nothing; HyperT5-Prefix / -LoRA start as
+            these readers (body from the T5, queries and head from `reparam`:
+            runs.init_head_from), so they only have to learn to read examples where they
+            read descriptions. The reader encodes the description first: a per-token
+            prefix carries no order (prefix positions get no position bias), so "a>d c>k"
+            would arrive as a bag of letters.
 
 Batches are dicts in the feature converter's layout (hyper_encoder_input_tokens,
 encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights).
@@ -27,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -35,9 +40,13 @@ from hypert5.models import gisting, hypermodel, llama, peft as peft_lib, t5
 from hypert5.models.configs import T5Config
 from hypert5.training import losses
 
-MODES = ("hyper", "full", "prefix", "lora", "prefix_friendly")
-# Batch features of prefix_friendly mode, split from oracle rows by the input pipeline.
+MODES = ("hyper", "full", "prefix", "lora", "peft_friendly")
+# Batch features of peft_friendly mode, split from oracle rows by the input pipeline.
 ORACLE_KEYS = ("description_tokens", "query_tokens")
+# HyperT5's parameters outside its body: peft_friendly's description readers train them
+# (one reader per kind) and HyperT5-Prefix / -LoRA start from them (runs: init_head_from).
+REPARAM_KEYS = ("queries", "head")
+READERS = ("prefix", "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +68,17 @@ class Objective:
     if self.mode != "full" and self.hyper is None:
       raise ValueError(f"training mode {self.mode!r} needs a HyperT5Config (hyper=...) for "
                        "the shapes of the generated parameters")
-    if self.mode == "prefix_friendly" and self.hyper.peft_type != "prefix":
-      raise ValueError("training mode 'prefix_friendly' needs a prefix HyperT5Config (its "
-                       "prefix_length, prefix_kinds and head_hidden shape the reparam head)")
 
   @property
   def trains_downstream(self) -> bool:
     """Whether the downstream T5 itself is trainable (nothing is frozen)."""
-    return self.mode in ("full", "prefix_friendly")
+    return self.mode in ("full", "peft_friendly")
 
   def downstream(self, trainable, frozen) -> dict:
     """The downstream T5's parameters under this mode."""
     if self.mode == "full":
       return trainable
-    return trainable["t5"] if self.mode == "prefix_friendly" else frozen
+    return trainable["t5"] if self.mode == "peft_friendly" else frozen
 
   # -- parameters ------------------------------------------------------------------------
 
@@ -81,20 +87,16 @@ class Objective:
     """Returns (trainable, frozen)."""
     if self.mode == "full":
       return downstream_params, {}
-    if self.mode == "prefix_friendly":
-      reparam = nn.unbox(jax.jit(self._reparam_head().init)(rng, self._reparam_dummy())["params"])
-      return {"t5": downstream_params, "reparam": reparam}, {}
+    if self.mode == "peft_friendly":
+      # Only the readers' own parts are kept (jit drops the unused bodies).
+      init = lambda r: {kind: _reparam_part(hypermodel.init_hyper_params(self.reader(kind), k))
+                        for kind, k in zip(READERS, jax.random.split(r, len(READERS)))}
+      return {"t5": downstream_params, "reparam": jax.jit(init)(rng)}, {}
     if self.mode == "hyper":
       return hypermodel.init_hyper_params(self.hyper, rng, downstream_params), downstream_params
     if initial_peft is not None:
       return _first_row(initial_peft), downstream_params
     return self.random_peft(rng), downstream_params
-
-  def _reparam_head(self) -> hypermodel.PrefixHead:
-    return hypermodel.PrefixHead(self.hyper)
-
-  def _reparam_dummy(self):
-    return jnp.zeros((1, self.hyper.prefix_length, self.t5.d_model), jnp.float32)
 
   def random_peft(self, rng: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:
     """Random initial values for prefix / LoRA tuning (B = 0 for LoRA, as in PEFT)."""
@@ -121,10 +123,10 @@ class Objective:
       return hypermodel.abstract_hyper_params(self.hyper)
     if self.mode == "full":
       return t5.abstract_params(self.t5)
-    if self.mode == "prefix_friendly":
-      reparam = jax.eval_shape(self._reparam_head().init, jax.random.key(0),
-                               self._reparam_dummy())
-      return {"t5": t5.abstract_params(self.t5), "reparam": reparam["params"]}
+    if self.mode == "peft_friendly":
+      reparam = {kind: _reparam_part(hypermodel.abstract_hyper_params(self.reader(kind)))
+                 for kind in READERS}
+      return {"t5": t5.abstract_params(self.t5), "reparam": reparam}
     return jax.eval_shape(self.random_peft, jax.random.key(0))
 
   def abstract_frozen(self) -> Any:
@@ -143,11 +145,18 @@ class Objective:
       return None
     return trainable
 
-  def reparam_prefix(self, trainable, description_tokens: jax.Array) -> peft_lib.Prefix:
-    """prefix_friendly: the description [batch, prefix_length] as a key/value prefix."""
-    table = trainable["t5"]["token_embedder"]["embedding"]
-    embedded = jnp.take(table, description_tokens, axis=0)
-    return self._reparam_head().apply({"params": trainable["reparam"]}, embedded)
+  def reader(self, kind: str) -> hypermodel.HyperT5Config:
+    """peft_friendly: the description reader of `kind` ("prefix" | "lora"), shaped by the
+    experiment's HyperT5Config (prefix_length, lora_rank, head_hidden, ...)."""
+    return self.hyper.replace(peft_type=kind)
+
+  def read_description(self, trainable, kind: str,
+                       description_tokens: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:
+    """peft_friendly: the description [batch, len] as a prefix or LoRA, made by a HyperT5
+    whose body is the downstream T5 being trained and whose queries and head are
+    `trainable["reparam"][kind]`."""
+    params = {**hypermodel.body_of(trainable["t5"]), **trainable["reparam"][kind]}
+    return hypermodel.HyperT5(self.reader(kind)).apply({"params": params}, description_tokens)
 
   def logits(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
              enable_dropout: bool = False) -> jax.Array:
@@ -163,33 +172,44 @@ class Objective:
   def loss(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
            enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
     """(sum of token losses, number of target tokens)."""
-    if self.mode == "prefix_friendly":
-      return self._prefix_friendly_loss(trainable, batch, rng, enable_dropout)
+    if self.mode == "peft_friendly":
+      return self._peft_friendly_loss(trainable, batch, rng, enable_dropout)
     logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
     return losses.cross_entropy(logits, batch["decoder_target_tokens"],
                                 batch.get("decoder_loss_weights"), self.z_loss)
 
-  def _prefix_friendly_loss(self, trainable, batch, rng, enable_dropout):
-    """First half of the batch: description as text; second half: description as prefix."""
-    half = batch["encoder_input_tokens"].shape[0] // 2
-    first = {k: v[:half] for k, v in batch.items()}
-    second = {k: v[half:] for k, v in batch.items()}
-    rngs = [{}, {}]
-    if enable_dropout:
-      rngs = [{"dropout": r} for r in jax.random.split(rng)]
+  def _peft_friendly_loss(self, trainable, batch, rng, enable_dropout):
+    """First half of the batch: description as text; the rest split between the readers
+    (description as a prefix, as a LoRA)."""
+    n = batch["encoder_input_tokens"].shape[0]
+    half = n // 2
+    bounds = [half + i * (n - half) // len(READERS) for i in range(len(READERS) + 1)]
+    parts = [(None, 0, half)] + [(kind, lo, hi) for kind, lo, hi
+                                 in zip(READERS, bounds[:-1], bounds[1:])]
+    rngs = [{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout \
+        else [{}] * len(parts)
     model = t5.T5(self.t5)
-    params = {"params": trainable["t5"]}
-    as_text = model.apply(params, first["encoder_input_tokens"], first["decoder_input_tokens"],
-                          None, enable_dropout, rngs=rngs[0])
-    prefix = self.reparam_prefix(trainable, second["description_tokens"])
-    as_prefix = model.apply(params, second["query_tokens"], second["decoder_input_tokens"],
-                            prefix, enable_dropout, rngs=rngs[1])
     total, count = 0.0, 0.0
-    for logits, part in ((as_text, first), (as_prefix, second)):
+    for (kind, lo, hi), r in zip(parts, rngs):
+      if hi == lo:  # a tiny batch leaves a reader without rows
+        continue
+      part = {k: v[lo:hi] for k, v in batch.items()}
+      if kind is None:
+        inputs, peft = part["encoder_input_tokens"], None
+      else:
+        inputs = part["query_tokens"]
+        peft = self.read_description(trainable, kind, part["description_tokens"])
+      logits = model.apply({"params": trainable["t5"]}, inputs, part["decoder_input_tokens"],
+                           peft, enable_dropout, rngs=r)
       l, w = losses.cross_entropy(logits, part["decoder_target_tokens"],
                                   part.get("decoder_loss_weights"), self.z_loss)
       total, count = total + l, count + w
     return total, count
+
+
+def _reparam_part(hyper_params: dict) -> dict:
+  """The parts of a HyperT5 that peft_friendly trains besides the T5 (its body)."""
+  return {k: hyper_params[k] for k in REPARAM_KEYS}
 
 
 def _first_row(peft):
