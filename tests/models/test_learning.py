@@ -3,7 +3,7 @@ frozen model's within 100 steps (fixed seeds, tiny T5, ~20 s each on 2 CPU cores
 
 The frozen downstream here is randomly initialised, so most of the gain is the hypermodel
 learning to steer it towards the task family's outputs; using the examples themselves is
-what the demo (a trained, prefix-friendly downstream) measures.
+what the demo (a trained, PEFT-friendly downstream) measures.
 """
 import jax
 import numpy as np
