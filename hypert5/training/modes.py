@@ -183,11 +183,10 @@ class Objective:
     (description as a prefix, as a LoRA)."""
     n = batch["encoder_input_tokens"].shape[0]
     half = n // 2
-    bounds = [half + i * (n - half) // len(READERS) for i in range(len(READERS) + 1)]
-    parts = [(None, 0, half)] + [(kind, lo, hi) for kind, lo, hi
-                                 in zip(READERS, bounds[:-1], bounds[1:])]
-    rngs = [{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout \
-        else [{}] * len(parts)
+    bounds = [0] + [half + i * (n - half) // len(READERS) for i in range(len(READERS) + 1)]
+    parts = list(zip((None,) + READERS, bounds[:-1], bounds[1:]))  # None: as text
+    rngs = ([{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout
+            else [{}] * len(parts))
     model = t5.T5(self.t5)
     total, count = 0.0, 0.0
     for (kind, lo, hi), r in zip(parts, rngs):
