@@ -332,14 +332,14 @@ def _chain(first, rest):
 def _step_flops(exp: Experiment) -> float:
   """Analytic model FLOPs of one training step (training logs and `hypert5 bench`)."""
   obj, lengths, hyper = exp.objective, exp.task_feature_lengths, exp.objective.hyper
-  if obj.mode == "peft_friendly":  # the readers' queries, averaged over their rows
+  hyper_len, queries = lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0
+  prefix_len = hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0
+  if obj.mode == "peft_friendly":  # readers over the descriptions (prefix_length tokens,
+    # as _oracle_splitter cuts them), their queries averaged over their rows
+    hyper_len, prefix_len = hyper.prefix_length, 0
     queries = sum(obj.reader(k).num_queries for k in modes.READERS) // len(modes.READERS)
-    return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths["inputs"],
-                            lengths["targets"], hyper.prefix_length, queries)
-  return flops.step_flops(
-      obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0), lengths.get("targets", 0),
-      lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0,
-      hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0)
+  return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0),
+                          lengths.get("targets", 0), hyper_len, queries, prefix_len)
 
 
 def optimizer(exp: Experiment):
