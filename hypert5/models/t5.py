@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypert5.models import softmax_attention
 from hypert5.models import peft as peft_lib
 from hypert5.models.configs import T5Config
 
 Array = jax.Array
-NEG_INF = -1e10
 
 constrain = nn.with_logical_constraint
 
@@ -159,13 +159,13 @@ class Attention(nn.Module):
         bias = jnp.concatenate(
             [jnp.zeros(bias.shape[:-1] + (num_prefix,), bias.dtype), bias], axis=-1)
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias
-    logits = jnp.where(mask, logits, NEG_INF)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    if (self.deterministic or cfg.dropout_rate == 0.0) and softmax_attention.use_blocked(
+        q.shape[0], h, q.shape[1], k.shape[1]):
+      out = softmax_attention.blocked(q, k, v, bias, mask)
+    else:
+      drop = nn.Dropout(cfg.dropout_rate)
+      out = softmax_attention.dense(q, k, v, bias, mask,
+                                    lambda w: drop(w, deterministic=self.deterministic))
     out = out.reshape(out.shape[:-2] + (inner,))
     return dense(d, ("joined_kv", "embed"), 1.0, name="out")(out, lora.get("out"))
 
