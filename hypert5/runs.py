@@ -314,7 +314,7 @@ def init_head_from(trainable: dict, model_dir: str, peft_type: str) -> dict:
     raise UsageError(f"{path} has no {peft_type!r} reader (it has {sorted(saved)}); "
                      "retrain the peft_friendly run with this version")
   reparam = saved[peft_type]
-  expected = {k: trainable[k] for k in modes.REPARAM_KEYS}
+  expected = modes.reparam_part(trainable)
   if jax.tree.structure(reparam) != jax.tree.structure(expected) or any(
       a.shape != b.shape for a, b in zip(jax.tree.leaves(reparam), jax.tree.leaves(expected))):
     raise UsageError(f"{path}: the {peft_type} reader does not match this HyperT5's queries "

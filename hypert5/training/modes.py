@@ -89,7 +89,7 @@ class Objective:
       return downstream_params, {}
     if self.mode == "peft_friendly":
       # Only the readers' own parts are kept (jit drops the unused bodies).
-      init = lambda r: {kind: _reparam_part(hypermodel.init_hyper_params(self.reader(kind), k))
+      init = lambda r: {kind: reparam_part(hypermodel.init_hyper_params(self.reader(kind), k))
                         for kind, k in zip(READERS, jax.random.split(r, len(READERS)))}
       return {"t5": downstream_params, "reparam": jax.jit(init)(rng)}, {}
     if self.mode == "hyper":
@@ -124,7 +124,7 @@ class Objective:
     if self.mode == "full":
       return t5.abstract_params(self.t5)
     if self.mode == "peft_friendly":
-      reparam = {kind: _reparam_part(hypermodel.abstract_hyper_params(self.reader(kind)))
+      reparam = {kind: reparam_part(hypermodel.abstract_hyper_params(self.reader(kind)))
                  for kind in READERS}
       return {"t5": t5.abstract_params(self.t5), "reparam": reparam}
     return jax.eval_shape(self.random_peft, jax.random.key(0))
@@ -206,8 +206,9 @@ class Objective:
     return total, count
 
 
-def _reparam_part(hyper_params: dict) -> dict:
-  """The parts of a HyperT5 that peft_friendly trains besides the T5 (its body)."""
+def reparam_part(hyper_params: dict) -> dict:
+  """A HyperT5's queries and head: what peft_friendly trains as a reader besides the T5
+  (the body), and what runs.init_head_from replaces."""
   return {k: hyper_params[k] for k in REPARAM_KEYS}
 
 
