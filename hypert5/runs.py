@@ -49,6 +49,13 @@ class Experiment:
   num_beams: int
   init_from: str | None
   init_head_from: str | None = None
+  description_length: int | None = None
+
+  @property
+  def description_tokens(self) -> int:
+    """peft_friendly: how many tokens of each description its readers read; by default the
+    oracle inputs' length, which no description can exceed."""
+    return self.description_length or self.task_feature_lengths["inputs"]
 
 
 @gin.configurable
@@ -64,6 +71,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                eval_mixture: str | None = None, eval_split: str = "validation",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
                init_from: str | None = None, init_head_from: str | None = None,
+               description_length: int | None = None,
                task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `model` is a T5Config (with `hyper` a HyperT5Config) or a
   LlamaConfig (with a HyperLlamaConfig: runs_llama.py runs those). `downstream_checkpoint`
@@ -72,6 +80,8 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   prefix/LoRA tuning); `init_from` another run's MODEL_DIR whose trainable parameters this
   run starts from (stage 2 after hyperpretraining); `init_head_from` a peft_friendly
   run's MODEL_DIR whose description reader (queries and head) HyperT5 starts as.
+  `description_length` (peft_friendly) caps the description tokens its readers read (default:
+  the oracle inputs' length); a longer description is an error, never silently cut.
   `task_registrations` are configured
   register functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
@@ -92,7 +102,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
                     optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
                     eval_mixture, eval_split, eval_batch_size, num_beams, init_from,
-                    init_head_from)
+                    init_head_from, description_length)
 
 
 def _register_tasks(registrations) -> None:
@@ -168,7 +178,7 @@ def batch_shapes(exp: Experiment) -> dict[str, tuple[int, int]]:
   if obj.mode == "hyper":
     shapes["hyper_encoder_input_tokens"] = (b, lengths["hyper_inputs"])
   if obj.mode == "peft_friendly":
-    shapes.update(description_tokens=(b, obj.hyper.prefix_length), query_tokens=shapes[
+    shapes.update(description_tokens=(b, exp.description_tokens), query_tokens=shapes[
         "decoder_target_tokens"])
   return shapes
 
@@ -177,7 +187,7 @@ def _oracle_splitter(exp: Experiment):
   """peft_friendly mode: adds the description and bare query of each oracle row."""
   from hypert5.data import fewshot
   vocab_size = _provider(exp.mixture).output_features["inputs"].vocabulary.vocab_size
-  desc_len = exp.objective.hyper.prefix_length
+  desc_len = exp.description_tokens
   query_len = exp.task_feature_lengths["targets"]
 
   def split(batch):
@@ -334,9 +344,9 @@ def _step_flops(exp: Experiment) -> float:
   obj, lengths, hyper = exp.objective, exp.task_feature_lengths, exp.objective.hyper
   hyper_len, queries = lengths.get("hyper_inputs", 0), hyper.num_queries if hyper else 0
   prefix_len = hyper.prefix_length if hyper and hyper.peft_type == "prefix" else 0
-  if obj.mode == "peft_friendly":  # readers over the descriptions (prefix_length tokens,
-    # as _oracle_splitter cuts them), their queries averaged over their rows
-    hyper_len, prefix_len = hyper.prefix_length, 0
+  if obj.mode == "peft_friendly":  # readers over the descriptions (as _oracle_splitter
+    # lays them out), their queries averaged over their rows
+    hyper_len, prefix_len = exp.description_tokens, 0
     queries = sum(obj.reader(k).num_queries for k in modes.READERS) // len(modes.READERS)
   return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0),
                           lengths.get("targets", 0), hyper_len, queries, prefix_len)

@@ -303,8 +303,10 @@ def split_oracle(tokens: np.ndarray, vocab_size: int, description_len: int,
   """Oracle-layout inputs `description <m> query <m> EOS` (`layout` with the description as
   prefix and no examples) -> (description [b, description_len], query + EOS [b, query_len]),
   the query laid out as plain and hyper tasks lay it out. `vocab_size` is the vocabulary's
-  size: the markers are the sentinels counted down from its top. For training mode
-  `peft_friendly` (hypert5.training.modes)."""
+  size: the markers are the sentinels counted down from its top. A description longer than
+  `description_len` is a DataError (a reader must see all of it); a query longer than
+  `query_len` - 1 is cut, as plain tasks trim it. For training mode `peft_friendly`
+  (hypert5.training.modes)."""
   desc = np.zeros((len(tokens), description_len), np.int32)
   query = np.zeros((len(tokens), query_len), np.int32)
   for i, row in enumerate(tokens):
@@ -313,7 +315,11 @@ def split_oracle(tokens: np.ndarray, vocab_size: int, description_len: int,
       raise DataError(f"oracle row {i} lacks the `description <m> query <m>` layout of an "
                       f"oracle-mode task (markers {vocab_size - 1}, {vocab_size - 2}): "
                       f"{row.tolist()}; train mode peft_friendly on an *_oracle_* mixture")
-    d = row[:marks[0]][:description_len]
+    if marks[0] > description_len:
+      raise DataError(f"oracle row {i}: its description has {marks[0]} tokens, more than the "
+                      f"{description_len} its readers take; raise experiment.description_length "
+                      "(or leave it unset: the inputs' length)")
+    d = row[:marks[0]]
     q = list(row[marks[0] + 1:marks[1]][:query_len - 1]) + [1]
     desc[i, :len(d)], query[i, :len(q)] = d, q
   return desc, query

@@ -115,3 +115,32 @@ def test_init_head_from_copies_the_readers_queries_and_head(tmp_path):
                                                      jax.random.key(2)), str(tmp_path), "prefix")
   with pytest.raises(runs.UsageError, match="not found"):
     runs.init_head_from(hyper, str(tmp_path / "missing"), "lora")
+
+
+def test_split_oracle_never_cuts_a_description():
+  rows, vocab, inputs, _ = _oracle_rows(8)
+  longest = max(len(r["description"]) for r in rows)  # bytes: one token per character
+  desc, _ = fewshot.split_oracle(inputs, vocab.vocab_size, longest, 11)
+  assert [vocab.decode([t for t in d if t]) for d in desc] == [
+      r["description"].decode() for r in rows]
+  with pytest.raises(DataError, match=f"{longest} tokens.*experiment.description_length"):
+    fewshot.split_oracle(inputs, vocab.vocab_size, longest - 1, 11)
+
+
+@pytest.mark.parametrize("description_length", [None, 24])
+def test_peft_friendly_batches_hold_description_length_tokens(description_length):
+  """The readers' description width is experiment.description_length (by default the
+  inputs' length), not the prefix length it once was tied to: a 64-position prefix reader
+  reads 24 description tokens, or 30 by default."""
+  from hypert5 import main
+  main.parse_gin(["experiments/demo_downstream.gin"], [
+      "MODEL_DIR='/unused'", "hypert5.HyperT5Config.prefix_length=64",
+      f"experiment.description_length={description_length}"])
+  exp = runs.experiment()
+  width = description_length or exp.task_feature_lengths["inputs"]
+  assert exp.description_tokens == width
+  assert runs.batch_shapes(exp)["description_tokens"] == (exp.batch_size, width)
+  batch = next(runs.train_batches(exp))
+  assert batch["description_tokens"].shape == (exp.batch_size, width)
+  assert (batch["description_tokens"][:, 17:] == 0).all()  # "copy: a>d c>k f>b" fits whole
+  assert (batch["description_tokens"][:, 16] != 0).all()
