@@ -11,9 +11,15 @@ one fixed K-shot set, which every query of the task gets).
   bigbench_<task>      `<task>` is the task path ("a/b" -> "a.b") or name
   bigbench_train       mixture of the training tasks
   bigbench_heldout     mixture of the held-out tasks (`heldout` list, or a seeded
-                       `heldout_fraction` of the names)
+                       `heldout_fraction` of the top-level tasks, subtasks together)
+
+No training task is related to a held-out one: tasks that share a held-out task's
+top-level task (its sibling subtasks), or whose name extends its name or is extended by it
+(BIG-bench's translations: `entailed_polarity_hindi` of `entailed_polarity`), are left out
+of training, and logged.
 """
 import hashlib
+import logging
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -114,9 +120,22 @@ def _rows(task: Dict, name: str, k: int, seed: int, max_examples, split: str):
   return rows[:max_examples]
 
 
+def _top(name: str) -> str:
+  return name.split("/")[0]
+
+
 def _is_heldout(name: str, seed: int, fraction: float) -> bool:
-  digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+  """The seeded fraction split, decided per top-level task (subtasks go together)."""
+  digest = hashlib.sha256(f"{seed}\x00{_top(name)}".encode()).digest()
   return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+def _related(name: str, heldout: Sequence[str]) -> bool:
+  """Whether training task `name` shares a top-level task with a held-out one, or one name
+  extends the other (a translation: `entailed_polarity_hindi` of `entailed_polarity`)."""
+  top = _top(name)
+  return any(top == h or top.startswith(h + "_") or h.startswith(top + "_")
+             for h in map(_top, heldout))
 
 
 def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
@@ -143,6 +162,13 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
   is_heldout = lambda name: (name in heldout_set if heldout_set is not None
                              else _is_heldout(name, seed, heldout_fraction))
   all_tasks = [t for t in read_tasks(path) if wanted is None or t[0] in wanted]
+  heldout_names = [name for name, _, _ in all_tasks if is_heldout(name)]
+  related = {name for name, _, _ in all_tasks
+             if not is_heldout(name) and _related(name, heldout_names)}
+  if related:
+    logging.info("BIG-bench: %d tasks related to held-out ones left out of training: %s",
+                 len(related), sorted(related)[:10])
+  all_tasks = [t for t in all_tasks if t[0] not in related]
   kept_train = None
   if max_train_tasks is not None:
     train_names = [name for name, _, _ in all_tasks if not is_heldout(name)]
@@ -156,7 +182,6 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     except DataError as e:
       if not skip_invalid:
         raise
-      import logging  # pylint: disable=g-import-not-at-top
       logging.warning("Skipping BIG-bench task: %s", e)
       continue
     short = registry.sanitize(name.replace("/", "."))

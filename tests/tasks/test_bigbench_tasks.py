@@ -74,6 +74,27 @@ def test_max_train_tasks_keeps_a_seeded_subset_of_training_tasks(tmp_path):
   assert other["heldout"] == ["bigbench_t0"] and len(other["train"]) == 2
 
 
+
+def test_tasks_related_to_held_out_ones_stay_out_of_training(tmp_path):
+  """Sibling subtasks and translations (`entailed_polarity_hindi`) of a held-out task would
+  leak it into training; the seeded fraction split holds out whole top-level tasks."""
+  path = tmp_path / "tasks.jsonl"
+  names = ["fam/a", "fam/b", "polar", "polar_hindi", "polarity_other", "other"]
+  tasks = [dict(fx.bigbench_task(n.split("/")[-1], False), task_path=n) for n in names]
+  path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+  chosen = bigbench.register(str(path), k=2, vocabulary="byte", heldout=["fam/a", "polar"])
+  assert chosen == {"heldout": ["bigbench_fam.a", "bigbench_polar"],
+                    "train": ["bigbench_polarity_other", "bigbench_other"]}
+  tops = {n: n.split("/")[0] for n in names}
+  for seed in range(8):
+    split = bigbench.register(str(path), k=2, vocabulary="byte", heldout_fraction=0.5,
+                              seed=seed)
+    held = {t for n, t in tops.items() if f"bigbench_{n.replace('/', '.')}" in split["heldout"]}
+    trained = {t for n, t in tops.items() if f"bigbench_{n.replace('/', '.')}" in split["train"]}
+    assert not held & trained, (seed, split)
+    assert not any(t.startswith(h + "_") or h.startswith(t + "_")
+                   for t in trained for h in held), (seed, split)
+
 def test_shared_bigbench_file(shared_data):
   vocab = get_vocabulary(str(shared_data / "t5_spiece.model"))
   path = shared_data / "bigbench_tasks_first200.jsonl.gz"

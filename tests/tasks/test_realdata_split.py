@@ -24,3 +24,15 @@ def test_heldout_tasks_exist_and_have_no_training_siblings(shared_data):
   parents = {p.split("/")[0] for p in heldout}
   siblings = sorted(p for p in paths if p not in heldout and p.split("/")[0] in parents)
   assert not siblings, f"training tasks share a parent with held-out ones: {siblings}"
+
+
+def test_translations_of_held_out_tasks_stay_out_of_training(shared_data):
+  """BIG-bench lists translations (`entailed_polarity_hindi`, `misconceptions_russian`) apart
+  from the held-out tasks they translate; the register leaves them out of training
+  (tasks.bigbench._related)."""
+  from tasks import bigbench
+  heldout = _heldout()
+  with gzip.open(shared_data / "bigbench_tasks_first200.jsonl.gz", "rt") as f:
+    paths = [json.loads(line)["task_path"] for line in f]
+  related = [p for p in paths if p not in heldout and bigbench._related(p, heldout)]
+  assert related == ["entailed_polarity_hindi", "misconceptions_russian"]
