@@ -208,7 +208,7 @@ def hyper_analytic_flops(hyper: Any, hyper_len: int) -> float:
   """The hypermodel forward for one task: encoder over hyper_len few-shot tokens, decoder
   over num_queries learned queries, no output layer (generator heads not counted) — what
   flops.step_flops counts for the hyper part, without the backward pass."""
-  return flops.t5_forward_flops(hyper.t5, hyper_len, hyper.num_queries, logits=False)
+  return flops.t5_forward_flops(hyper.body, hyper_len, hyper.num_queries, logits=False)
 
 
 def hyper_side(hyper_objective: modes.Objective, trainable, frozen, task: TaskData,

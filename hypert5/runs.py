@@ -349,7 +349,8 @@ def _step_flops(exp: Experiment) -> float:
     hyper_len, prefix_len = exp.description_tokens, 0
     queries = sum(obj.reader(k).num_queries for k in modes.READERS) // len(modes.READERS)
   return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0),
-                          lengths.get("targets", 0), hyper_len, queries, prefix_len)
+                          lengths.get("targets", 0), hyper_len, queries, prefix_len,
+                          hyper.body if hyper else None)
 
 
 def optimizer(exp: Experiment):

@@ -12,6 +12,8 @@ the N decoder outputs to the generated parameters of a frozen T5 of the same arc
 
 The body (embedder, encoder, decoder) has the downstream T5's parameter names, so it is
 initialised by copying the downstream checkpoint (`init_from_downstream`), as in the paper.
+`extra_encoder_layers` grows the body's encoder past the downstream's: the new layers follow
+the copied ones with their output projections at zero, so they start as the identity.
 """
 from __future__ import annotations
 
@@ -52,8 +54,12 @@ class HyperT5Config:
   lora_rank: int = 8
   lora_alpha: float = 16.0
   lora_targets: tuple[tuple[str, str], ...] = DEFAULT_LORA_TARGETS
+  extra_encoder_layers: int = 0
 
   def __post_init__(self):
+    if self.extra_encoder_layers < 0:
+      raise ValueError(f"HyperT5Config.extra_encoder_layers={self.extra_encoder_layers}; "
+                       "expected 0 or more")
     if self.peft_type not in ("prefix", "lora"):
       raise ValueError(f"HyperT5Config.peft_type={self.peft_type!r}; expected 'prefix' or 'lora'")
     for kind in self.prefix_kinds:
@@ -61,6 +67,12 @@ class HyperT5Config:
     for kind, proj in self.lora_targets:
       peft_lib.check_kind(kind, peft_lib.ATTENTION_KINDS + peft_lib.MLP_KINDS)
       peft_lib.projection_dims(self.t5, proj)
+
+  @property
+  def body(self) -> T5Config:
+    """The body's architecture: the downstream's, plus `extra_encoder_layers`."""
+    return self.t5.replace(
+        num_encoder_layers=self.t5.num_encoder_layers + self.extra_encoder_layers)
 
   @property
   def num_queries(self) -> int:
@@ -149,7 +161,7 @@ class HyperT5(nn.Module):
   config: HyperT5Config
 
   def setup(self):
-    t5 = self.config.t5
+    t5 = self.config.body
     self.token_embedder = Embedder(t5)
     self.encoder = Encoder(t5, self.token_embedder)
     self.decoder = Decoder(t5, self.token_embedder)
@@ -190,15 +202,37 @@ def body_of(downstream_params: dict) -> dict:
 
 
 def init_from_downstream(hyper_params: dict, downstream_params: dict) -> dict:
-  """Copies the downstream body (embedder, encoder, decoder minus its output layer)."""
+  """Copies the downstream body (embedder, encoder, decoder minus its output layer); encoder
+  layers past the downstream's keep their initial values but start as the identity."""
   params = dict(hyper_params)
   for name, src in body_of(downstream_params).items():
-    expected = jax.tree.structure(params[name])
-    if jax.tree.structure(src) != expected:
+    if name == "encoder":
+      src = _grown_encoder(src, params[name])
+    if jax.tree.map(jnp.shape, src) != jax.tree.map(jnp.shape, params[name]):
       raise ValueError(f"downstream {name!r} parameters do not match the hypermodel body; "
                        "are both built from the same T5Config (incl. scan_layers)?")
     params[name] = jax.tree.map(jnp.array, src)
   return params
+
+
+def _grown_encoder(src: dict, own: dict) -> dict:
+  """The downstream encoder `src` followed by the hypermodel's extra layers from `own`, their
+  output projections (attention out, MLP wo) at zero: a pre-norm residual block whose
+  output projections are zero adds nothing to its input."""
+  def as_identity(layer):
+    layer = jax.tree.map(lambda x: x, layer)  # a copy of the nested dicts
+    for block, proj in (("attention", "out"), ("mlp", "wo")):
+      layer[block][proj]["kernel"] = jnp.zeros_like(layer[block][proj]["kernel"])
+    return layer
+
+  grown = dict(src)
+  for key in own.keys() - src.keys():  # layers_N, layers_N+1, ...
+    grown[key] = as_identity(own[key])
+  if "layers" in src and "layers" in own:  # scanned: layers stacked on axis 0
+    n = jax.tree.leaves(src["layers"])[0].shape[0]
+    grown["layers"] = jax.tree.map(lambda s, o: jnp.concatenate([s, o[n:]]), src["layers"],
+                                   as_identity(own["layers"]))
+  return grown
 
 
 def abstract_hyper_params(config: HyperT5Config, hyper_len: int = 16) -> Any:

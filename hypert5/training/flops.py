@@ -44,8 +44,10 @@ def t5_forward_flops(cfg: T5Config, enc_len: int, dec_len: int, prefix_len: int 
 
 
 def step_flops(mode: str, cfg: T5Config, batch: int, enc_len: int, dec_len: int,
-               hyper_len: int = 0, num_queries: int = 0, prefix_len: int = 0) -> float:
-  """Training-step FLOPs for a batch under a training mode (see training/modes.py)."""
+               hyper_len: int = 0, num_queries: int = 0, prefix_len: int = 0,
+               hyper_body: T5Config | None = None) -> float:
+  """Training-step FLOPs for a batch under a training mode (see training/modes.py);
+  `hyper_body`: the hypermodel's architecture when it differs from `cfg`."""
   down = t5_forward_flops(cfg, enc_len, dec_len, prefix_len)
   if mode == "full":
     return 3 * batch * down
@@ -56,7 +58,8 @@ def step_flops(mode: str, cfg: T5Config, batch: int, enc_len: int, dec_len: int,
         cfg, hyper_len, num_queries, logits=False)
   total = 2 * batch * down  # frozen: forward + activation gradients
   if mode == "hyper":
-    total += 3 * batch * t5_forward_flops(cfg, hyper_len, num_queries, logits=False)
+    total += 3 * batch * t5_forward_flops(hyper_body or cfg, hyper_len, num_queries,
+                                          logits=False)
   return total
 
 

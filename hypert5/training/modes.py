@@ -147,8 +147,9 @@ class Objective:
 
   def reader(self, kind: str) -> hypermodel.HyperT5Config:
     """peft_friendly: the description reader of `kind` ("prefix" | "lora"), shaped by the
-    experiment's HyperT5Config (prefix_length, lora_rank, head_hidden, ...)."""
-    return self.hyper.replace(peft_type=kind)
+    experiment's HyperT5Config (prefix_length, lora_rank, head_hidden, ...); its body is the
+    T5 itself, so no extra encoder layers."""
+    return self.hyper.replace(peft_type=kind, extra_encoder_layers=0)
 
   def read_description(self, trainable, kind: str,
                        description_tokens: jax.Array) -> peft_lib.Prefix | peft_lib.LoRA:

@@ -8,7 +8,7 @@ import pytest
 
 from hypert5 import decoding
 from hypert5.models import configs, hypermodel, peft as peft_lib, t5
-from hypert5.training import model_io, modes, optimizers, partitioning, train_step
+from hypert5.training import flops, model_io, modes, optimizers, partitioning, train_step
 
 CFG = configs.get_config("tiny")
 ENC = jnp.array([[5, 6, 7, 8, 9, 1, 0, 0], [8, 9, 1, 0, 0, 0, 0, 0]])
@@ -57,6 +57,46 @@ def test_body_is_initialised_from_downstream(downstream, generated):
   for name in ("token_embedder", "encoder"):
     jax.tree.map(np.testing.assert_array_equal, hparams[name], downstream[name])
   assert "logits_dense" not in hparams["decoder"]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_extra_encoder_layers_start_as_the_identity(scan):
+  """Grown past the downstream, the hypermodel generates what it would without the extra
+  layers; they are real layers (trainable, not zero everywhere) and FLOPs count them."""
+  cfg = CFG.replace(scan_layers=scan)
+  down = t5.init_params(cfg, jax.random.key(0))
+  grown = hypermodel.HyperT5Config(t5=cfg, peft_type="prefix", prefix_length=6, head_hidden=32,
+                                   extra_encoder_layers=2)
+  plain = grown.replace(extra_encoder_layers=0)
+  assert grown.body.num_encoder_layers == CFG.num_encoder_layers + 2
+  params = hypermodel.init_hyper_params(grown, jax.random.key(1), down)
+  head = {k: v for k, v in params.items() if k not in hypermodel.BODY}
+  plain_params = {**hypermodel.init_hyper_params(plain, jax.random.key(2), down), **head}
+  out = hypermodel.HyperT5(grown).apply({"params": params}, HYPER)
+  ref = hypermodel.HyperT5(plain).apply({"params": plain_params}, HYPER)
+  jax.tree.map(np.testing.assert_array_equal, out, ref)
+  enc = params["encoder"]
+  extra = ([jax.tree.map(lambda x: x[i], enc["layers"]) for i in (2, 3)] if scan
+           else [enc["layers_2"], enc["layers_3"]])
+  for layer in extra:
+    assert not np.any(layer["attention"]["out"]["kernel"])
+    assert not np.any(layer["mlp"]["wo"]["kernel"])
+    assert np.any(layer["attention"]["query"]["kernel"])
+  # ... and their gradients are not zero: they learn
+  grads = jax.grad(lambda p: hypermodel.HyperT5(grown).apply({"params": p}, HYPER).keys[
+      "encoder_self"].sum())(params)["encoder"]
+  layer_2 = jax.tree.map(lambda x: x[2], grads["layers"]) if scan else grads["layers_2"]
+  wo_grad = layer_2["mlp"]["wo"]["kernel"]
+  assert np.any(wo_grad)
+  assert (flops.step_flops("hyper", cfg, 2, 8, 4, 10, 6, 6, grown.body)
+          > flops.step_flops("hyper", cfg, 2, 8, 4, 10, 6, 6))
+
+
+def test_downstream_deeper_than_the_body_is_an_error():
+  deeper = CFG.replace(num_encoder_layers=CFG.num_encoder_layers + 1)
+  with pytest.raises(ValueError, match="'encoder' parameters do not match"):
+    hypermodel.init_hyper_params(_hyper_cfg("lora"), jax.random.key(1),
+                                 t5.init_params(deeper, jax.random.key(0)))
 
 
 def test_initial_lora_is_exactly_the_frozen_model(downstream):
