@@ -39,7 +39,8 @@ DEFAULT_LORA_TARGETS = (
 
 @dataclasses.dataclass(frozen=True)
 class HyperT5Config:
-  """HyperT5 over a downstream `t5` architecture (the body has the same architecture).
+  """HyperT5 over a downstream `t5` architecture (the body has the same architecture, with
+  `extra_encoder_layers` more encoder layers).
 
   Defaults (ours; the paper leaves them open): 32 prefix positions for all three attention
   kinds; generator MLP width 512; LoRA rank 8, alpha 16 (scale 2) on q and v of every

@@ -1,6 +1,7 @@
 """HyperT5 and PEFT injection: shapes, exact no-op cases, scan/cache paths, hyper-mode steps."""
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,10 +71,10 @@ def test_extra_encoder_layers_start_as_the_identity(scan):
   plain = grown.replace(extra_encoder_layers=0)
   assert grown.body.num_encoder_layers == CFG.num_encoder_layers + 2
   params = hypermodel.init_hyper_params(grown, jax.random.key(1), down)
-  head = {k: v for k, v in params.items() if k not in hypermodel.BODY}
-  plain_params = {**hypermodel.init_hyper_params(plain, jax.random.key(2), down), **head}
-  out = hypermodel.HyperT5(grown).apply({"params": params}, HYPER)
-  ref = hypermodel.HyperT5(plain).apply({"params": plain_params}, HYPER)
+  plain_params = {**params, "encoder": down["encoder"]}
+  generate = lambda hcfg, p: hypermodel.HyperT5(hcfg).apply({"params": p}, HYPER)
+  out = jax.jit(generate, static_argnums=0)(grown, params)
+  ref = jax.jit(generate, static_argnums=0)(plain, plain_params)
   jax.tree.map(np.testing.assert_array_equal, out, ref)
   enc = params["encoder"]
   extra = ([jax.tree.map(lambda x: x[i], enc["layers"]) for i in (2, 3)] if scan
@@ -83,8 +84,8 @@ def test_extra_encoder_layers_start_as_the_identity(scan):
     assert not np.any(layer["mlp"]["wo"]["kernel"])
     assert np.any(layer["attention"]["query"]["kernel"])
   # ... and their gradients are not zero: they learn
-  grads = jax.grad(lambda p: hypermodel.HyperT5(grown).apply({"params": p}, HYPER).keys[
-      "encoder_self"].sum())(params)["encoder"]
+  grads = jax.jit(jax.grad(lambda p: generate(grown, p).keys["encoder_self"].sum()))(
+      params)["encoder"]
   layer_2 = jax.tree.map(lambda x: x[2], grads["layers"]) if scan else grads["layers_2"]
   wo_grad = layer_2["mlp"]["wo"]["kernel"]
   assert np.any(wo_grad)
@@ -92,11 +93,12 @@ def test_extra_encoder_layers_start_as_the_identity(scan):
           > flops.step_flops("hyper", cfg, 2, 8, 4, 10, 6, 6))
 
 
-def test_downstream_deeper_than_the_body_is_an_error():
-  deeper = CFG.replace(num_encoder_layers=CFG.num_encoder_layers + 1)
+def test_downstream_deeper_than_the_body_is_an_error(downstream):
+  enc = downstream["encoder"]
+  deeper = {**downstream, "encoder": {**enc, f"layers_{CFG.num_encoder_layers}": enc["layers_0"]}}
+  hyper = nn.unbox(hypermodel.abstract_hyper_params(_hyper_cfg("lora")))
   with pytest.raises(ValueError, match="'encoder' parameters do not match"):
-    hypermodel.init_hyper_params(_hyper_cfg("lora"), jax.random.key(1),
-                                 t5.init_params(deeper, jax.random.key(0)))
+    jax.eval_shape(hypermodel.init_from_downstream, hyper, deeper)
 
 
 def test_initial_lora_is_exactly_the_frozen_model(downstream):
