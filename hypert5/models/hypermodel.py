@@ -229,10 +229,11 @@ def _grown_encoder(src: dict, own: dict) -> dict:
   grown = dict(src)
   for key in own.keys() - src.keys():  # layers_N, layers_N+1, ...
     grown[key] = as_identity(own[key])
-  if "layers" in src and "layers" in own:  # scanned: layers stacked on axis 0
-    n = jax.tree.leaves(src["layers"])[0].shape[0]
-    grown["layers"] = jax.tree.map(lambda s, o: jnp.concatenate([s, o[n:]]), src["layers"],
-                                   as_identity(own["layers"]))
+  depth = lambda layers: jax.tree.leaves(layers)[0].shape[0]
+  if "layers" in src and "layers" in own and depth(own["layers"]) > depth(src["layers"]):
+    n = depth(src["layers"])  # scanned: layers stacked on axis 0
+    grown["layers"] = jax.tree.map(lambda s, o: jnp.concatenate([s, o[n:].astype(s.dtype)]),
+                                   src["layers"], as_identity(own["layers"]))
   return grown
 
 

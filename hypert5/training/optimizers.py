@@ -72,6 +72,7 @@ def make_optimizer(cfg: OptimizerConfig,
 
 
 def hyper_new_params(path: tuple) -> bool:
-  """HyperT5 parameters that do not come from the downstream checkpoint."""
+  """HyperT5 parameters outside its body (queries, heads). Extra encoder layers
+  (`HyperT5Config.extra_encoder_layers`) are body: they learn at the body's rate."""
   first = getattr(path[0], "key", None)
   return first not in ("token_embedder", "encoder", "decoder")

@@ -91,6 +91,8 @@ def test_extra_encoder_layers_start_as_the_identity(scan):
   assert np.any(wo_grad)
   assert (flops.step_flops("hyper", cfg, 2, 8, 4, 10, 6, 6, grown.body)
           > flops.step_flops("hyper", cfg, 2, 8, 4, 10, 6, 6))
+  # peft_friendly's description readers have the T5 itself as their body: no extra layers
+  assert modes.Objective("peft_friendly", cfg, grown).reader("lora").extra_encoder_layers == 0
 
 
 def test_downstream_deeper_than_the_body_is_an_error(downstream):
