@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any, Iterator
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -360,27 +361,29 @@ def optimizer(exp: Experiment):
   return optimizers.make_optimizer(exp.optimizer, new_params)
 
 
-def restore_trainable(exp: Experiment) -> tuple[Any, Any]:
-  """(trainable, frozen) from MODEL_DIR's latest checkpoint."""
+def restore_trainable(exp: Experiment, opt=None,
+                      load_frozen=None) -> tuple[Any, Any, int]:
+  """(trainable, frozen, step) from MODEL_DIR's latest checkpoint. The template is the
+  mode's abstract shapes (jax.eval_shape): nothing is initialised only to be overwritten,
+  which at T5-XL size would cost a compile and the model's memory twice. `opt` and
+  `load_frozen` default to this module's (runs_llama passes its own)."""
   obj = exp.objective
-  if obj.trains_downstream and exp.downstream_checkpoint is None:
-    # The checkpoint holds the downstream itself: random values are only the template.
-    downstream = t5.init_params(obj.t5, jax.random.key(0))
-  else:
-    downstream = load_downstream(exp)
-  trainable, frozen = obj.init(jax.random.key(0), downstream, initial_peft(exp))
   checkpointer = checkpoints.Checkpointer(exp.model_dir, async_save=False)
-  if checkpointer.latest_step() is None:
-    raise UsageError(f"{exp.model_dir}/checkpoints: no checkpoint to evaluate; train first "
-                     "or point MODEL_DIR at a trained run")
-  opt = optimizer(exp)
-  from hypert5.training import train_step
-  template = train_step.create_train_state(opt, trainable, jax.random.key(0))
   try:
+    if checkpointer.latest_step() is None:
+      raise UsageError(f"{exp.model_dir}/checkpoints: no checkpoint to evaluate; train "
+                       "first or point MODEL_DIR at a trained run")
+    opt = opt or optimizer(exp)
+    from hypert5.training import train_step
+    template = jax.eval_shape(lambda p: train_step.create_train_state(opt, p, jax.random.key(0)),
+                              nn.unbox(obj.abstract_trainable()))
     state, _ = checkpointer.restore(template)
   except checkpoints.CheckpointMismatchError as e:
     raise UsageError(str(e)) from e
-  checkpointer.close()
+  finally:
+    checkpointer.close()
+  # The frozen downstream is not in the checkpoint (modes that train it have none).
+  frozen = (load_frozen or load_downstream)(exp) if jax.tree.leaves(obj.abstract_frozen()) else {}
   return state.params, frozen, int(state.step)
 
 

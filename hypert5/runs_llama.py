@@ -278,27 +278,9 @@ def train(exp: runs.Experiment, export_hf_at_end: bool = True) -> train_step.Tra
   return state
 
 
-def _restore_trainable(exp: runs.Experiment) -> tuple[Any, Any, int]:
-  """(trainable, frozen, step) from MODEL_DIR's latest checkpoint."""
-  obj = exp.objective
-  trainable, frozen = obj.init(jax.random.key(0), load_downstream(exp), initial_peft(exp))
-  checkpointer = checkpoints.Checkpointer(exp.model_dir, async_save=False)
-  if checkpointer.latest_step() is None:
-    raise UsageError(f"{exp.model_dir}/checkpoints: no checkpoint to evaluate; train first "
-                     "or point MODEL_DIR at a trained run")
-  template = train_step.create_train_state(optimizer(exp), trainable, jax.random.key(0))
-  try:
-    state, _ = checkpointer.restore(template)
-  except checkpoints.CheckpointMismatchError as e:
-    raise UsageError(str(e)) from e
-  finally:
-    checkpointer.close()
-  return state.params, frozen, int(state.step)
-
-
 def evaluate(exp: runs.Experiment) -> dict:
   """Evaluates MODEL_DIR's latest checkpoint on EVAL_MIXTURE through seqio."""
-  trainable, frozen, step = _restore_trainable(exp)
+  trainable, frozen, step = runs.restore_trainable(exp, optimizer(exp), load_downstream)
   evaluator, predictor = _evaluator_and_predictor(exp)
   return evaluation.evaluate(evaluator, predictor, trainable, frozen, step,
                              os.path.join(exp.model_dir, "eval"))
@@ -307,7 +289,7 @@ def evaluate(exp: runs.Experiment) -> dict:
 def generate_for_examples(exp: runs.Experiment, examples_file: str):
   """(injected parameters [batch 1] or None, trainable, frozen) for the few-shot examples
   in a JSONL: HyperLlama's prefix in hyper mode, the tuned prefix / LoRA otherwise."""
-  trainable, frozen, _ = _restore_trainable(exp)
+  trainable, frozen, _ = runs.restore_trainable(exp, optimizer(exp), load_downstream)
   obj = exp.objective
   if obj.mode != "hyper":
     return obj.generate(trainable, frozen, {}), trainable, frozen

@@ -107,6 +107,31 @@ def test_eval_writes_per_task_metrics(baseline):
   assert 0.0 <= task["exact_match"] <= 100.0 and "rougeL" in " ".join(task) or task
 
 
+def test_restore_reads_the_checkpoint_without_initialising(baseline, monkeypatch):
+  """eval / export / infer restore into the mode's abstract shapes: the same state a
+  template of initialised arrays restores, with no hypermodel initialised to be overwritten."""
+  from hypert5 import runs
+  from hypert5.models import hypermodel
+  from hypert5.training import checkpoints, train_step
+  main.parse_gin(["experiments/synthetic_tiny.gin"],
+                 [a[len("--gin."):] for a in BASE_ARGS + ONE_DEVICE if a.startswith("--gin.")]
+                 + [f"MODEL_DIR='{baseline}'"])
+  exp = runs.experiment()
+  trainable, frozen = exp.objective.init(jax.random.key(0), runs.load_downstream(exp))
+  ckpt = checkpoints.Checkpointer(baseline, async_save=False)
+  want, _ = ckpt.restore(train_step.create_train_state(runs.optimizer(exp), trainable,
+                                                       jax.random.key(0)))
+  ckpt.close()
+
+  def no_init(*args, **kwargs):
+    raise AssertionError("restore initialised the hypermodel")
+  monkeypatch.setattr(hypermodel, "init_hyper_params", no_init)
+  params, restored_frozen, step = runs.restore_trainable(exp)
+  assert step == STEPS
+  jax.tree.map(np.testing.assert_array_equal, params, want.params)
+  jax.tree.map(np.testing.assert_array_equal, restored_frozen, frozen)
+
+
 def test_export_round_trips_and_infer_writes_outputs(baseline, tmp_path):
   examples, queries, rows = _examples(tmp_path)
   out = tmp_path / "export"

@@ -29,8 +29,19 @@ class CheckpointMismatchError(ValueError):
 
 
 def _to_saveable(state: TrainState) -> dict:
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rng": jax.random.key_data(state.rng)}
+  rng = state.rng
+  rng = (jax.random.key_data(rng) if isinstance(rng, jax.Array)
+         else jax.eval_shape(jax.random.key_data, rng))  # an abstract template's key
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": rng}
+
+
+def _restore_target(x: Any) -> jax.ShapeDtypeStruct:
+  if not isinstance(x, jax.ShapeDtypeStruct):
+    return ocp.utils.to_shape_dtype_struct(x)
+  if x.sharding is None:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  return x
 
 
 class Checkpointer:
@@ -62,9 +73,10 @@ class Checkpointer:
     return saved
 
   def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-    """Restores into the shapes/shardings of `template` (a TrainState of arrays)."""
+    """Restores into the shapes/shardings of `template`: a TrainState of arrays, or of
+    jax.ShapeDtypeStructs (from jax.eval_shape; unsharded leaves go to the default device)."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
+    abstract = jax.tree.map(_restore_target, _to_saveable(template))
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
