@@ -17,7 +17,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -p no:warnings --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -p no:warnings --durations=15 tests
 
 # The whole method on the synthetic family with a tiny T5 (see hypert5/demo.py); writes
 # demo_out/table.json, demo_out/tuning_curves.png and demo_out/adapter/.

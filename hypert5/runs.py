@@ -207,7 +207,9 @@ def load_downstream(exp: Experiment) -> dict:
     log.warning("no downstream_checkpoint: the downstream T5 is randomly initialised")
     return t5.init_params(cfg, jax.random.key(exp.trainer.seed))
   try:
-    loaded_cfg, params = model_io.load_t5(exp.downstream_checkpoint,
+    # In the configured param_dtype, as a fresh init would be: checkpoints (and restore's
+    # abstract template) hold the trained downstream or HyperT5 body in that dtype.
+    loaded_cfg, params = model_io.load_t5(exp.downstream_checkpoint, dtype=cfg.param_dtype,
                                           config_overrides={"scan_layers": cfg.scan_layers})
   except model_io.CheckpointError as e:
     raise UsageError(str(e)) from e

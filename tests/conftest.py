@@ -30,8 +30,9 @@ def pytest_unconfigure(config):
 
 
 # The files that take minutes (measured: `--durations=0`, summed per file), slowest first.
-# `make test` runs `-n 2 --dist loadfile`, which hands out whole files in collection order;
-# started first, these no longer leave one worker running them alone at the end.
+# `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: whole files, handed out in
+# collection order (xdist's default reorder would put files with many tests first, and the
+# two-test quick demo last); started first, these no longer leave one worker alone at the end.
 SLOWEST_FILES = ("test_hypermodel.py", "test_demo.py", "test_cli.py", "test_t5.py",
                  "test_learning.py", "test_peft_friendly.py", "test_gin_files.py")
 

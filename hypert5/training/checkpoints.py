@@ -40,7 +40,7 @@ def _restore_target(x: Any) -> jax.ShapeDtypeStruct:
     return ocp.utils.to_shape_dtype_struct(x)
   if x.sharding is None:
     return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+                                sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   return x
 
 
@@ -74,7 +74,7 @@ class Checkpointer:
 
   def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores into the shapes/shardings of `template`: a TrainState of arrays, or of
-    jax.ShapeDtypeStructs (from jax.eval_shape; unsharded leaves go to the default device)."""
+    jax.ShapeDtypeStructs (jax.eval_shape; unsharded leaves go to this host's first device)."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(_restore_target, _to_saveable(template))
     try:

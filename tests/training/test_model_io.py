@@ -501,3 +501,22 @@ def test_gcs_paths_map_to_gcs_kvstores():
   spec = {"driver": "zarr", "kvstore": {"driver": "gcs", "bucket": "t5x-dummy-bucket",
                                         "path": "target.decoder.decoder_norm.scale"}}
   assert model_io._t5x_read_spec(d, spec)["kvstore"]["bucket"] == "t5-data"
+
+
+def test_downstream_checkpoint_loads_in_the_configured_param_dtype(tmp_path):
+  """A run's downstream arrives in its param_dtype (as a fresh init would), the dtype its
+  checkpoints hold and eval's abstract restore template expects."""
+  import flax.linen as nn
+  from hypert5 import main, runs
+  from hypert5.models import t5
+  cfg = get_config("tiny")
+  save_hf_t5(cfg, t5.init_params(cfg, jax.random.key(0)), tmp_path / "hf")
+  main.parse_gin(["experiments/synthetic_tiny.gin"],
+                 [f"MODEL_DIR='{tmp_path / 'run'}'",
+                  f"experiment.downstream_checkpoint='{tmp_path / 'hf'}'",
+                  "hypert5.get_config.param_dtype='bfloat16'"])
+  exp = runs.experiment()
+  loaded = runs.load_downstream(exp)
+  abstract = nn.unbox(exp.objective.abstract_frozen())
+  assert jax.tree.map(lambda x: x.dtype, loaded) == jax.tree.map(lambda x: x.dtype, abstract)
+  assert {x.dtype for x in jax.tree.leaves(loaded)} == {np.dtype(ml_dtypes.bfloat16)}
