@@ -223,7 +223,22 @@ def load_downstream(exp: Experiment) -> dict:
 
 
 def initial_peft(exp: Experiment) -> Any:
-  return peft_io.load_peft_safetensors(exp.initial_peft) if exp.initial_peft else None
+  """experiment.initial_peft (a peft.safetensors from `export`), checked against the shapes
+  of the tuning mode, so a prefix of another length or a LoRA of another rank or model is a
+  one-line error here rather than a shape error inside the first step or at eval."""
+  if not exp.initial_peft:
+    return None
+  peft = peft_io.load_peft_safetensors(exp.initial_peft)
+  if exp.objective.mode not in ("prefix", "lora"):
+    return peft
+  want = jax.eval_shape(exp.objective.random_peft, jax.random.key(0))
+  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape[1:]), t)  # noqa: E731
+  if (jax.tree.structure(peft) != jax.tree.structure(want)
+      or shapes(peft) != shapes(want)):
+    raise UsageError(f"{exp.initial_peft}: holds {shapes(peft)} but mode "
+                     f"{exp.objective.mode!r} of this model needs {shapes(want)}; export it "
+                     "from a hypermodel run of the same model and prefix length / LoRA shape")
+  return peft
 
 
 def _write_config(model_dir: str) -> None:

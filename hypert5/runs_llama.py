@@ -178,22 +178,6 @@ def load_downstream(exp: runs.Experiment) -> dict:
   return params
 
 
-def initial_peft(exp: runs.Experiment) -> Any:
-  """experiment.initial_peft (a peft.safetensors from `export`), checked against the mode's
-  shapes so a prefix of another size or model is a one-line error."""
-  peft = runs.initial_peft(exp)
-  if peft is None or exp.objective.mode not in ("prefix", "lora"):
-    return peft
-  want = jax.eval_shape(exp.objective.random_peft, jax.random.key(0))
-  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape[1:]), t)  # noqa: E731
-  if (jax.tree.structure(peft) != jax.tree.structure(want)
-      or shapes(peft) != shapes(want)):
-    raise UsageError(f"{exp.initial_peft}: holds {shapes(peft)} but mode "
-                     f"{exp.objective.mode!r} of this Llama needs {shapes(want)}; export it "
-                     "from a HyperLlama run of the same model and gist count")
-  return peft
-
-
 def optimizer(exp: runs.Experiment):
   # Every trainable decoder-only parameter is new (gist, LoRA, prefix) or pretrained (full):
   # no per-group rate multiplier.
@@ -233,7 +217,7 @@ def train(exp: runs.Experiment, export_hf_at_end: bool = True) -> train_step.Tra
   obj, cfg = exp.objective, exp.trainer
   shapes = batch_shapes(exp)  # checks the data layout before anything loads
   downstream = load_downstream(exp)
-  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, initial_peft(exp))
+  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, runs.initial_peft(exp))
   if obj.mode != "full":
     checkpoints.write_downstream_reference(exp.model_dir, {
         "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import hypert5
-from hypert5 import main
+from hypert5 import main, runs
 from hypert5.training import peft_io
+from hypert5.usage import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, CKPT = 16, 4
@@ -162,6 +163,22 @@ def test_export_round_trips_and_infer_writes_outputs(baseline, tmp_path):
   written = [json.loads(l) for l in output.read_text().splitlines()]
   assert [w["input"] for w in written] == [i for i, _ in rows]
   assert all(isinstance(w["output"], str) for w in written)
+
+  # LoRA tuning from the export (hyper-init) starts from it exactly; a LoRA of another rank
+  # is a one-line error before anything is built.
+  for rank in (lora.rank, lora.rank // 2):
+    main.parse_gin(["experiments/synthetic_tiny.gin", "runs/peft_tune.gin"], [
+        f"MODEL_DIR='{tmp_path / 'tune'}'", "MIXTURE='synthetic_plain_heldout_000'",
+        "PEFT_MODE='lora'", f"INITIAL_PEFT='{out / 'peft.safetensors'}'",
+        f"hypert5.HyperT5Config.lora_rank={rank}"])
+    exp = runs.experiment()
+    assert exp.objective.mode == "lora"
+    if rank != lora.rank:
+      with pytest.raises(UsageError, match="peft.safetensors: holds"):
+        runs.initial_peft(exp)
+      continue
+    trainable, _ = exp.objective.init(jax.random.key(0), {}, runs.initial_peft(exp))
+    jax.tree.map(np.testing.assert_array_equal, trainable, lora)
 
 
 def _downstream():

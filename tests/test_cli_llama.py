@@ -96,9 +96,9 @@ def test_export_writes_a_peft_prefix_that_reloads_and_seeds_prefix_tuning(
     assert exp.objective.mode == "prefix" and exp.mixture == "synthetic_plain_heldout_000"
     if gist != GIST:
       with pytest.raises(UsageError, match="peft.safetensors: holds"):
-        runs_llama.initial_peft(exp)
+        runs.initial_peft(exp)
       continue
-    trainable, _ = exp.objective.init(jax.random.key(0), {}, runs_llama.initial_peft(exp))
+    trainable, _ = exp.objective.init(jax.random.key(0), {}, runs.initial_peft(exp))
     jax.tree.map(np.testing.assert_array_equal, trainable, prefix)
 
 
