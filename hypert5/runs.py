@@ -527,11 +527,16 @@ def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
 
 
 @gin.configurable
-def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> dict:
-  """Times training steps on random tokens at the configured size, mode and batch."""
+def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
+          input_batches: int = 20, input_warmup: int = 20) -> dict:
+  """Times training steps on random tokens at the configured size, mode and batch, then
+  the input pipeline alone: `input_batches` batches of MIXTURE as training pulls them,
+  after `input_warmup` (0 skips it, e.g. for a mixture whose data is not on this
+  machine). A mixture starts each task's pipeline when it first draws from that task, so
+  one of many tasks needs a longer warm-up before its rate is the steady one."""
   exp = experiment()
   if runs_llama.handles(exp):
-    return runs_llama.bench(exp, steps, warmup, output_file)
+    return runs_llama.bench(exp, steps, warmup, output_file, input_batches, input_warmup)
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
   rng = np.random.default_rng(0)
   batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
@@ -540,15 +545,42 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None) -> d
   return time_train_steps(exp, optimizer(exp),
                           t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
                           _step_flops(exp), b * (lengths["inputs"] + lengths["targets"]),
-                          output_file, lengths=lengths)
+                          output_file, train_batches(exp) if input_batches else None,
+                          (input_warmup, input_batches), lengths=lengths)
+
+
+def time_input(batches: Iterator[dict], warmup: int, n: int,
+               shapes: dict[str, tuple]) -> dict:
+  """Seconds per batch of the input pipeline alone (tf.data on every core, nothing else
+  running) over `n` batches, after a first batch that builds it and `warmup` more that
+  fill the tasks' shuffle buffers. Its batches must have the shapes the step was timed on:
+  bench's random batch stands for them."""
+  t0 = time.perf_counter()
+  first = next(batches)
+  got = {k: tuple(v.shape) for k, v in first.items()}
+  if got != shapes:
+    raise RuntimeError(f"bench: the pipeline's batches have shapes {got}, the timed step "
+                       f"had {shapes} (batch_shapes disagrees with train_batches)")
+  for _ in range(warmup):
+    next(batches)
+  t1 = time.perf_counter()
+  for _ in range(n):
+    next(batches)
+  per_batch = (time.perf_counter() - t1) / n
+  batches.close()  # stops tf.data's background threads
+  return {"input_warmup_s": t1 - t0, "input_s_per_batch": per_batch}
 
 
 def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps: int,
                      warmup: int, step_flops: float, tokens_per_step: int,
-                     output_file: str | None, **fields) -> dict:
+                     output_file: str | None, batches: Iterator[dict] | None = None,
+                     input_counts: tuple[int, int] = (0, 0), **fields) -> dict:
   """`hypert5 bench`'s measurement (T5 and Llama experiments): the median time of `steps`
   jitted, donated train steps after `warmup`, on one fixed batch; throughput, TFLOP/s,
-  MFU and peak memory from it. Prints the result as JSON and writes it to `output_file`."""
+  MFU and peak memory from it. With `batches` (train_batches, not started), then the input
+  pipeline alone (`time_input` with `input_counts` = (warm-up, timed) batches) and
+  `input_headroom`: how many times faster it makes batches than the step consumes them.
+  Prints the result as JSON and writes it to `output_file`."""
   obj = exp.objective
   mesh = partitioning.make_mesh(exp.mesh)
   trainable, frozen = obj.init(jax.random.key(1), downstream)
@@ -576,6 +608,10 @@ def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps:
       "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
       "trainable_params": modes.count_params(trainable),
   }
+  if batches is not None:  # after the steps, so tf.data's threads do not slow them
+    result.update(time_input(batches, *input_counts,
+                             {k: tuple(v.shape) for k, v in batch.items()}))
+    result["input_headroom"] = step_time / result["input_s_per_batch"]
   print(json.dumps(result, indent=2))
   if output_file:
     with open(output_file, "w") as f:

@@ -360,7 +360,8 @@ def export(exp: runs.Experiment, examples_file: str, output_dir: str,
   return written
 
 
-def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None) -> dict:
+def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None,
+          input_batches: int, input_warmup: int) -> dict:
   """runs.bench: times training steps on random tokens at the configured Llama size."""
   obj = exp.objective
   shapes = batch_shapes(exp)
@@ -372,5 +373,8 @@ def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None
                and k != "decoder_loss_weights")
   downstream = llama.init_params(obj.llama, jax.random.key(0))
   return runs.time_train_steps(exp, optimizer(exp), downstream, batch, steps, warmup,
-                               _step_flops(exp, shapes), tokens, output_file, model="llama",
+                               _step_flops(exp, shapes), tokens, output_file,
+                               train_batches(exp) if input_batches else None,
+                               (input_warmup, input_batches),
+                               model="llama",
                                lengths={k: s[1] for k, s in shapes.items()})

@@ -9,7 +9,8 @@ import pytest
 from hypert5 import main
 from hypert5.training import flops
 
-SMALL = ["--gin.bench.steps=2", "--gin.bench.warmup=1", "--gin.experiment.batch_size=4",
+SMALL = ["--gin.bench.steps=2", "--gin.bench.warmup=1", "--gin.bench.input_batches=2",
+         "--gin.bench.input_warmup=1", "--gin.experiment.batch_size=4",
          "--gin.hypert5.MeshConfig.data=1"]
 
 
@@ -38,6 +39,11 @@ def test_bench_reports_consistent_throughput(tmp_path, gin_file, lengths, model)
                       r["model_tflops_per_step"] / r["step_time_s"] / r["devices"], rel_tol=1e-6)
   peak, _ = flops.device_peak_flops()
   assert math.isclose(r["mfu"], r["tflops_per_device"] * 1e12 / peak, rel_tol=1e-6)
+  # The input pipeline (MIXTURE's real batches, checked against the timed shapes) and how
+  # many times faster it makes batches than the step consumes them.
+  assert r["input_s_per_batch"] > 0 and r["input_warmup_s"] > 0
+  assert math.isclose(r["input_headroom"], r["step_time_s"] / r["input_s_per_batch"],
+                      rel_tol=1e-6)
   if model == "t5":  # tokens: the batch's encoder + decoder positions
     assert math.isclose(r["tokens_per_s"], 4 * (8 + 6) / r["step_time_s"], rel_tol=1e-6)
     assert r["lengths"] == lengths
