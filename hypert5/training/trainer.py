@@ -47,6 +47,9 @@ class TrainerConfig:
 
 
 class Hook:
+  """Called after every step; `trainer.step` is the step the state has reached (counted on
+  the host, so reading it does not wait for the device)."""
+
   def on_step(self, trainer: "Trainer", state: ts.TrainState, metrics: dict) -> None:
     pass
 
@@ -74,7 +77,7 @@ class MetricsLogger(Hook):
     self.history: list[dict] = []
 
   def on_step(self, trainer, state, metrics):
-    step = int(state.step)
+    step = trainer.step
     if step % self.every and step != self.total and self._last_step is not None:
       return
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -118,12 +121,12 @@ class CheckpointHook(Hook):
     self.checkpointer = checkpointer
 
   def on_step(self, trainer, state, metrics):
-    step = int(state.step)
+    step = trainer.step
     if self.checkpointer.should_save(step):
       self.checkpointer.save(state, {"batches": trainer.batches_consumed})
 
   def on_end(self, trainer, state):
-    if self.checkpointer.latest_step() != int(state.step):
+    if self.checkpointer.latest_step() != trainer.step:
       self.checkpointer.save(state, {"batches": trainer.batches_consumed}, force=True)
     self.checkpointer.close()
 
@@ -135,7 +138,7 @@ class PeriodicHook(Hook):
     self.every, self.fn = every, fn
 
   def on_step(self, trainer, state, metrics):
-    if self.every and int(state.step) % self.every == 0:
+    if self.every and trainer.step % self.every == 0:
       self.fn(trainer, state)
 
 
@@ -153,6 +156,7 @@ class Trainer:
     with jax.set_mesh(mesh), partitioning.axis_rules():
       self._step = ts.jit_train_step(step_fn, mesh, self.state_sh, self.frozen_sh, example_batch)
     self.batches_consumed = 0
+    self.step = 0  # the host's count of the state's step, during train()
 
   def init_state(self, trainable: Any) -> ts.TrainState:
     rng = jax.random.key(self.config.seed)
@@ -168,14 +172,21 @@ class Trainer:
 
   def train(self, state: ts.TrainState, frozen: Any, batches: Iterator[Batch],
             hooks: Sequence[Hook] = ()) -> ts.TrainState:
-    last_good = int(state.step)
-    while int(state.step) < self.config.num_steps:
+    # The step is counted on the host: reading state.step would wait for every step to
+    # finish before the next batch is fetched and placed. At most two steps are in flight
+    # (the running one and the next), so queued batches cannot pile up in device memory.
+    self.step = last_good = int(state.step)
+    in_flight = None
+    while self.step < self.config.num_steps:
       batch = next(batches)
       self.batches_consumed += 1
       with jax.set_mesh(self.mesh), partitioning.axis_rules():
         batch = jax.device_put(batch, self.batch_sh)
         state, metrics = self._step(state, frozen, batch)
-      step = int(state.step)
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+      in_flight = metrics["loss"]
+      step = self.step = self.step + 1
       # Checking the loss syncs with the device, so only where it matters: before anything
       # is logged or checkpointed (a NaN step must never be saved) and at the end.
       check = (step % self.config.log_every == 0 or step == self.config.num_steps or
