@@ -1,4 +1,5 @@
-"""The training loop: crash-on-NaN keeps the last good checkpoint; microbatching is exact."""
+"""The training loop: crash-on-NaN keeps the last good checkpoint; the host's step count;
+microbatching is exact."""
 import jax
 import numpy as np
 import pytest
@@ -49,6 +50,24 @@ def test_crash_on_nan_keeps_the_last_good_checkpoint(tmp_path):
   # Another run can start from these parameters (hyperpretraining -> MTF), nothing else.
   params = checkpoints.restore_params_from(str(tmp_path), state)
   jax.tree.map(np.testing.assert_array_equal, params, restored.params)
+
+
+def test_hooks_see_the_states_step_counted_on_the_host(tmp_path):
+  """The loop counts steps on the host (no device sync per step), from the state's step,
+  so a resumed run's hooks and its stopping point agree with the state."""
+  tr, state, frozen, batches, _ = _setup(6, tmp_path)
+
+  class Record(trainer_lib.Hook):
+    seen = []
+
+    def on_step(self, trainer, state, metrics):
+      self.seen.append((trainer.step, int(state.step)))
+  state = tr.train(state, frozen, batches, [Record()])
+  assert Record.seen == [(i, i) for i in range(1, 7)] and int(state.step) == 6
+  tr.config = trainer_lib.TrainerConfig(num_steps=9, enable_dropout=False)
+  Record.seen = []
+  state = tr.train(state, frozen, batches, [Record()])
+  assert Record.seen == [(i, i) for i in range(7, 10)] and int(state.step) == 9
 
 
 def test_microbatches_match_the_full_batch():
