@@ -237,6 +237,7 @@ def equivalent_bench_command(args) -> str:
   return (f".venv/bin/hypert5 bench --gin_file=models/{args.size}.gin "
           "--gin_file=models/hyper_lora.gin --gin_file=runs/bench.gin "
           "--gin.experiment.mode=\"'lora'\" "
+          "--gin.bench.input_batches=0 "
           f"--gin.experiment.batch_size={args.batch} "
           f"--gin.experiment.task_feature_lengths=\"{lengths}\" "
           "--gin.hypert5.OptimizerConfig.name=\"'adamw'\" "

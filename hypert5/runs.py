@@ -232,12 +232,24 @@ def initial_peft(exp: Experiment) -> Any:
   if exp.objective.mode not in ("prefix", "lora"):
     return peft
   want = jax.eval_shape(exp.objective.random_peft, jax.random.key(0))
-  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape[1:]), t)  # noqa: E731
-  if (jax.tree.structure(peft) != jax.tree.structure(want)
-      or shapes(peft) != shapes(want)):
-    raise UsageError(f"{exp.initial_peft}: holds {shapes(peft)} but mode "
-                     f"{exp.objective.mode!r} of this model needs {shapes(want)}; export it "
-                     "from a hypermodel run of the same model and prefix length / LoRA shape")
+  # Per leaf path, the shape without the batch axis; a LoRA's alpha is static (no leaf).
+  describe = lambda t: {**{jax.tree_util.keystr(path): tuple(x.shape[1:])  # noqa: E731
+                           for path, x in jax.tree_util.tree_leaves_with_path(t)},
+                        **({"alpha": t.alpha} if hasattr(t, "alpha") else {})}
+  have, need = describe(peft), describe(want)
+  if type(peft) is not type(want):
+    raise UsageError(f"{exp.initial_peft}: holds a {type(peft).__name__}, but mode "
+                     f"{exp.objective.mode!r} tunes a {type(want).__name__}; set "
+                     "experiment.mode (PEFT_MODE) to the kind the file holds")
+  if have != need:
+    differ = {k: (have.get(k), need.get(k)) for k in {**have, **need}
+              if have.get(k) != need.get(k)}
+    raise UsageError(
+        f"{exp.initial_peft}: a {type(peft).__name__} that differs from what mode "
+        f"{exp.objective.mode!r} of this model needs (field: (file, needed)) "
+        f"{dict(list(differ.items())[:4])}; export it from a hypermodel run of the same "
+        "model, or match HyperT5Config.prefix_length / lora_rank / lora_alpha / "
+        "lora_targets (HyperLlamaConfig.num_gist for HyperLlama)")
   return peft
 
 
@@ -271,8 +283,9 @@ def train(export_hf_at_end: bool = True) -> trainer_lib.TrainState:
     return runs_llama.train(exp, export_hf_at_end)
   _write_config(exp.model_dir)
   obj, cfg = exp.objective, exp.trainer
+  peft = initial_peft(exp)  # checked before a large downstream loads
   downstream = load_downstream(exp)
-  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, initial_peft(exp))
+  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, peft)
   if exp.init_head_from:
     trainable = init_head_from(trainable, exp.init_head_from, obj.hyper.peft_type)
   if not obj.trains_downstream:
@@ -531,12 +544,12 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
           input_batches: int = 20, input_warmup: int = 20) -> dict:
   """Times training steps on random tokens at the configured size, mode and batch, then
   the input pipeline alone: `input_batches` batches of MIXTURE as training pulls them,
-  after `input_warmup` (0 skips it, e.g. for a mixture whose data is not on this
-  machine). A mixture starts each task's pipeline when it first draws from that task, so
-  one of many tasks needs a longer warm-up before its rate is the steady one."""
+  after `input_warmup` more (input_batches=0 skips this, e.g. for a mixture whose data is
+  not on this machine). A mixture starts each task's pipeline when it first draws from
+  that task, so one of many tasks needs a longer warm-up before its rate is steady."""
   exp = experiment()
   if runs_llama.handles(exp):
-    return runs_llama.bench(exp, steps, warmup, output_file, input_batches, input_warmup)
+    return runs_llama.bench(exp, steps, warmup, output_file, (input_warmup, input_batches))
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
   rng = np.random.default_rng(0)
   batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
@@ -545,46 +558,47 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
   return time_train_steps(exp, optimizer(exp),
                           t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
                           _step_flops(exp), b * (lengths["inputs"] + lengths["targets"]),
-                          output_file, train_batches(exp) if input_batches else None,
-                          (input_warmup, input_batches), lengths=lengths)
+                          output_file, (input_warmup, input_batches), lengths=lengths)
 
 
-def time_input(batches: Iterator[dict], warmup: int, n: int,
-               shapes: dict[str, tuple]) -> dict:
-  """Seconds per batch of the input pipeline alone (tf.data on every core, nothing else
-  running) over `n` batches, after a first batch that builds it and `warmup` more that
-  fill the tasks' shuffle buffers. Its batches must have the shapes the step was timed on:
-  bench's random batch stands for them."""
-  t0 = time.perf_counter()
-  first = next(batches)
-  got = {k: tuple(v.shape) for k, v in first.items()}
-  if got != shapes:
-    raise RuntimeError(f"bench: the pipeline's batches have shapes {got}, the timed step "
-                       f"had {shapes} (batch_shapes disagrees with train_batches)")
-  for _ in range(warmup):
-    next(batches)
-  t1 = time.perf_counter()
-  for _ in range(n):
-    next(batches)
-  per_batch = (time.perf_counter() - t1) / n
-  batches.close()  # stops tf.data's background threads
-  return {"input_warmup_s": t1 - t0, "input_s_per_batch": per_batch}
+def time_input(exp: Experiment, timed: dict, warmup: int, n: int) -> dict:
+  """The input pipeline alone (tf.data on every core, nothing else running): MIXTURE's
+  batches as training pulls them. The first (`input_build_s`) is checked against the batch
+  the step was timed on (this host's share of it); then `warmup` batches fill the tasks'
+  shuffle buffers (`input_warmup_s`), and `n` more give `input_s_per_batch`."""
+  import tensorflow as tf
+  hint = ("pass the run's MIXTURE and task_feature_lengths to time its data, or "
+          "--gin.bench.input_batches=0 to skip the input timing")
+  batches = (runs_llama.train_batches if runs_llama.handles(exp) else train_batches)(exp)
+  try:
+    t0 = time.perf_counter()
+    try:
+      first = next(batches)
+    except (ValueError, tf.errors.OpError) as e:
+      raise UsageError(f"bench: MIXTURE {exp.mixture!r}: {e}; {hint}") from e
+    hosts = jax.process_count()
+    want = {k: (v.shape[0] // hosts, *v.shape[1:]) for k, v in timed.items()}
+    have = {k: tuple(first[k].shape) if k in first else None for k in want}
+    if have != want:
+      raise UsageError(f"bench: MIXTURE {exp.mixture!r} gives batches shaped {have} in mode "
+                       f"{exp.objective.mode!r}, but the step is timed on {want}; {hint}")
+    t1 = time.perf_counter()
+    for _ in range(warmup):
+      next(batches)
+    t2 = time.perf_counter()
+    for _ in range(n):
+      next(batches)
+    return {"input_build_s": t1 - t0, "input_warmup_s": t2 - t1,
+            "input_s_per_batch": (time.perf_counter() - t2) / n}
+  finally:
+    batches.close()  # stops tf.data's background threads
 
 
-def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps: int,
-                     warmup: int, step_flops: float, tokens_per_step: int,
-                     output_file: str | None, batches: Iterator[dict] | None = None,
-                     input_counts: tuple[int, int] = (0, 0), **fields) -> dict:
-  """`hypert5 bench`'s measurement (T5 and Llama experiments): the median time of `steps`
-  jitted, donated train steps after `warmup`, on one fixed batch; throughput, TFLOP/s,
-  MFU and peak memory from it. With `batches` (train_batches, not started), then the input
-  pipeline alone (`time_input` with `input_counts` = (warm-up, timed) batches) and
-  `input_headroom`: how many times faster it makes batches than the step consumes them.
-  Prints the result as JSON and writes it to `output_file`."""
-  obj = exp.objective
+def _step_times(exp: Experiment, opt, trainable, frozen, batch: dict, steps: int,
+                warmup: int) -> list[float]:
+  """Wall times of `steps` jitted, donated train steps on one placed batch, after `warmup`."""
   mesh = partitioning.make_mesh(exp.mesh)
-  trainable, frozen = obj.init(jax.random.key(1), downstream)
-  tr = trainer_lib.Trainer(obj, opt, exp.trainer, mesh, batch)
+  tr = trainer_lib.Trainer(exp.objective, opt, exp.trainer, mesh, batch)
   state, frozen = tr.init_state(trainable), tr.place_frozen(frozen)
   times = []
   with jax.set_mesh(mesh), partitioning.axis_rules():
@@ -595,7 +609,23 @@ def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps:
       jax.block_until_ready(metrics)
       if i >= warmup:
         times.append(time.perf_counter() - t0)
-  step_time = float(np.median(times))
+  return times
+
+
+def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps: int,
+                     warmup: int, step_flops: float, tokens_per_step: int,
+                     output_file: str | None, input_counts: tuple[int, int] = (0, 0),
+                     **fields) -> dict:
+  """`hypert5 bench`'s measurement (T5 and Llama experiments): the median time of `steps`
+  jitted, donated train steps after `warmup`, on one fixed batch; throughput, TFLOP/s,
+  MFU and peak memory from it. With `input_counts` = (warm-up, timed) batches, timed > 0,
+  then the input pipeline alone (`time_input`) and `input_headroom`: how many times faster
+  it makes batches than the step consumes them (per host: each pulls its share). Prints
+  the result as JSON and writes it to `output_file`, the step's part also when the input
+  timing fails."""
+  obj = exp.objective
+  trainable, frozen = obj.init(jax.random.key(1), downstream)
+  step_time = float(np.median(_step_times(exp, opt, trainable, frozen, batch, steps, warmup)))
   peak, source = flops.device_peak_flops()
   tflops = step_flops / step_time / jax.device_count() / 1e12
   stats = jax.devices()[0].memory_stats() or {}
@@ -608,12 +638,13 @@ def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps:
       "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
       "trainable_params": modes.count_params(trainable),
   }
-  if batches is not None:  # after the steps, so tf.data's threads do not slow them
-    result.update(time_input(batches, *input_counts,
-                             {k: tuple(v.shape) for k, v in batch.items()}))
-    result["input_headroom"] = step_time / result["input_s_per_batch"]
-  print(json.dumps(result, indent=2))
-  if output_file:
-    with open(output_file, "w") as f:
-      json.dump(result, f, indent=2)
+  try:
+    if input_counts[1]:  # after the steps, so tf.data's threads do not slow them
+      result.update(time_input(exp, batch, *input_counts))
+      result["input_headroom"] = step_time / result["input_s_per_batch"]
+  finally:
+    print(json.dumps(result, indent=2))
+    if output_file:
+      with open(output_file, "w") as f:
+        json.dump(result, f, indent=2)
   return result

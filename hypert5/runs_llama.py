@@ -216,8 +216,9 @@ def train(exp: runs.Experiment, export_hf_at_end: bool = True) -> train_step.Tra
   runs._write_config(exp.model_dir)
   obj, cfg = exp.objective, exp.trainer
   shapes = batch_shapes(exp)  # checks the data layout before anything loads
+  peft = runs.initial_peft(exp)
   downstream = load_downstream(exp)
-  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, runs.initial_peft(exp))
+  trainable, frozen = obj.init(jax.random.key(cfg.seed + 1), downstream, peft)
   if obj.mode != "full":
     checkpoints.write_downstream_reference(exp.model_dir, {
         "downstream_checkpoint": exp.downstream_checkpoint, "mode": obj.mode,
@@ -361,7 +362,7 @@ def export(exp: runs.Experiment, examples_file: str, output_dir: str,
 
 
 def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None,
-          input_batches: int, input_warmup: int) -> dict:
+          input_counts: tuple[int, int]) -> dict:
   """runs.bench: times training steps on random tokens at the configured Llama size."""
   obj = exp.objective
   shapes = batch_shapes(exp)
@@ -373,8 +374,6 @@ def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None
                and k != "decoder_loss_weights")
   downstream = llama.init_params(obj.llama, jax.random.key(0))
   return runs.time_train_steps(exp, optimizer(exp), downstream, batch, steps, warmup,
-                               _step_flops(exp, shapes), tokens, output_file,
-                               train_batches(exp) if input_batches else None,
-                               (input_warmup, input_batches),
+                               _step_flops(exp, shapes), tokens, output_file, input_counts,
                                model="llama",
                                lengths={k: s[1] for k, s in shapes.items()})

@@ -14,13 +14,15 @@ SMALL = ["--gin.bench.steps=2", "--gin.bench.warmup=1", "--gin.bench.input_batch
          "--gin.hypert5.MeshConfig.data=1"]
 
 
-def _bench(tmp_path, gin_file, lengths):
-  out = tmp_path / "bench.json"
-  argv = ["bench", f"--gin_file={gin_file}", "--gin_file=runs/bench.gin",
-          f"--gin.MODEL_DIR='{tmp_path}'", f"--gin.bench.output_file='{out}'",
-          f"--gin.experiment.task_feature_lengths={lengths}", *SMALL]
-  assert main.main(argv) == 0
-  return json.loads(out.read_text())
+def _argv(tmp_path, gin_file, lengths, *extra):
+  return ["bench", f"--gin_file={gin_file}", "--gin_file=runs/bench.gin",
+          f"--gin.MODEL_DIR='{tmp_path}'", f"--gin.bench.output_file='{tmp_path}/bench.json'",
+          f"--gin.experiment.task_feature_lengths={lengths}", *SMALL, *extra]
+
+
+def _bench(tmp_path, gin_file, lengths, *extra):
+  assert main.main(_argv(tmp_path, gin_file, lengths, *extra)) == 0
+  return json.loads((tmp_path / "bench.json").read_text())
 
 
 @pytest.mark.parametrize("gin_file,lengths,model", [
@@ -41,7 +43,7 @@ def test_bench_reports_consistent_throughput(tmp_path, gin_file, lengths, model)
   assert math.isclose(r["mfu"], r["tflops_per_device"] * 1e12 / peak, rel_tol=1e-6)
   # The input pipeline (MIXTURE's real batches, checked against the timed shapes) and how
   # many times faster it makes batches than the step consumes them.
-  assert r["input_s_per_batch"] > 0 and r["input_warmup_s"] > 0
+  assert r["input_s_per_batch"] > 0 and r["input_warmup_s"] > 0 and r["input_build_s"] > 0
   assert math.isclose(r["input_headroom"], r["step_time_s"] / r["input_s_per_batch"],
                       rel_tol=1e-6)
   if model == "t5":  # tokens: the batch's encoder + decoder positions
@@ -49,3 +51,22 @@ def test_bench_reports_consistent_throughput(tmp_path, gin_file, lengths, model)
     assert r["lengths"] == lengths
   else:
     assert r["tokens_per_s"] > 0 and "decoder_input_tokens" in r["lengths"]
+
+
+def test_bench_input_timing_fits_the_mode_or_says_what_to_do(tmp_path, capsys):
+  """LoRA tuning's step on a few-shot MIXTURE (its hyper_inputs are not the step's
+  business); lengths the MIXTURE cannot use are a one-line error naming the way out, and
+  the step's timing is still written; input_batches=0 times the steps alone."""
+  tiny, lora = "experiments/synthetic_tiny.gin", "--gin.experiment.mode='lora'"
+  r = _bench(tmp_path, tiny, {"hyper_inputs": 24, "inputs": 8, "targets": 6}, lora)
+  assert r["mode"] == "lora" and r["input_headroom"] > 0
+  plain = {"inputs": 8, "targets": 6}
+  (tmp_path / "bench.json").unlink()
+  assert main.main(_argv(tmp_path, tiny, plain, lora)) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "MIXTURE 'synthetic_train'" in err[0], err
+  assert "--gin.bench.input_batches=0" in err[0]
+  written = json.loads((tmp_path / "bench.json").read_text())
+  assert written["step_time_s"] > 0 and "input_headroom" not in written
+  r = _bench(tmp_path, tiny, plain, lora, "--gin.bench.input_batches=0")
+  assert r["step_time_s"] > 0 and not any(k.startswith("input_") for k in r)

@@ -165,20 +165,28 @@ def test_export_round_trips_and_infer_writes_outputs(baseline, tmp_path):
   assert all(isinstance(w["output"], str) for w in written)
 
   # LoRA tuning from the export (hyper-init) starts from it exactly; a LoRA of another rank
-  # is a one-line error before anything is built.
-  for rank in (lora.rank, lora.rank // 2):
+  # or alpha is a one-line error that names the difference, before anything is built.
+  for rank, alpha, differs in ((lora.rank, lora.alpha, None),
+                               (lora.rank // 2, lora.alpha, "['q']"),
+                               (lora.rank, 2 * lora.alpha, "'alpha'")):
     main.parse_gin(["experiments/synthetic_tiny.gin", "runs/peft_tune.gin"], [
         f"MODEL_DIR='{tmp_path / 'tune'}'", "MIXTURE='synthetic_plain_heldout_000'",
         "PEFT_MODE='lora'", f"INITIAL_PEFT='{out / 'peft.safetensors'}'",
-        f"hypert5.HyperT5Config.lora_rank={rank}"])
+        f"hypert5.HyperT5Config.lora_rank={rank}", f"hypert5.HyperT5Config.lora_alpha={alpha}"])
     exp = runs.experiment()
     assert exp.objective.mode == "lora"
-    if rank != lora.rank:
-      with pytest.raises(UsageError, match="peft.safetensors: holds"):
+    if differs:
+      with pytest.raises(UsageError, match="peft.safetensors: a LoRA that differs") as e:
         runs.initial_peft(exp)
+      assert differs in str(e.value) and "lora_rank / lora_alpha" in str(e.value)
       continue
     trainable, _ = exp.objective.init(jax.random.key(0), {}, runs.initial_peft(exp))
     jax.tree.map(np.testing.assert_array_equal, trainable, lora)
+  main.parse_gin(["experiments/synthetic_tiny.gin", "runs/peft_tune.gin"], [
+      f"MODEL_DIR='{tmp_path / 'tune'}'", "MIXTURE='synthetic_plain_heldout_000'",
+      "PEFT_MODE='prefix'", f"INITIAL_PEFT='{out / 'peft.safetensors'}'"])
+  with pytest.raises(UsageError, match="holds a LoRA, but mode 'prefix' tunes a Prefix"):
+    runs.initial_peft(runs.experiment())
 
 
 def _downstream():

@@ -95,7 +95,7 @@ def test_export_writes_a_peft_prefix_that_reloads_and_seeds_prefix_tuning(
     exp = runs.experiment()
     assert exp.objective.mode == "prefix" and exp.mixture == "synthetic_plain_heldout_000"
     if gist != GIST:
-      with pytest.raises(UsageError, match="peft.safetensors: holds"):
+      with pytest.raises(UsageError, match="peft.safetensors: a Prefix that differs"):
         runs.initial_peft(exp)
       continue
     trainable, _ = exp.objective.init(jax.random.key(0), {}, runs.initial_peft(exp))
