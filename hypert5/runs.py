@@ -232,15 +232,15 @@ def initial_peft(exp: Experiment) -> Any:
   if exp.objective.mode not in ("prefix", "lora"):
     return peft
   want = jax.eval_shape(exp.objective.random_peft, jax.random.key(0))
+  if type(peft) is not type(want):
+    raise UsageError(f"{exp.initial_peft}: holds a {type(peft).__name__}, but mode "
+                     f"{exp.objective.mode!r} tunes a {type(want).__name__}; set "
+                     "experiment.mode (PEFT_MODE) to the kind the file holds")
   # Per leaf path, the shape without the batch axis; a LoRA's alpha is static (no leaf).
   describe = lambda t: {**{jax.tree_util.keystr(path): tuple(x.shape[1:])  # noqa: E731
                            for path, x in jax.tree_util.tree_leaves_with_path(t)},
                         **({"alpha": t.alpha} if hasattr(t, "alpha") else {})}
   have, need = describe(peft), describe(want)
-  if type(peft) is not type(want):
-    raise UsageError(f"{exp.initial_peft}: holds a {type(peft).__name__}, but mode "
-                     f"{exp.objective.mode!r} tunes a {type(want).__name__}; set "
-                     "experiment.mode (PEFT_MODE) to the kind the file holds")
   if have != need:
     differ = {k: (have.get(k), need.get(k)) for k in {**have, **need}
               if have.get(k) != need.get(k)}

@@ -58,16 +58,18 @@ def test_hooks_see_the_states_step_counted_on_the_host(tmp_path):
   tr, state, frozen, batches, _ = _setup(6, tmp_path)
 
   class Record(trainer_lib.Hook):
-    seen = []
+    def __init__(self):
+      self.seen = []
 
     def on_step(self, trainer, state, metrics):
       self.seen.append((trainer.step, int(state.step)))
-  state = tr.train(state, frozen, batches, [Record()])
-  assert Record.seen == [(i, i) for i in range(1, 7)] and int(state.step) == 6
+  first = Record()
+  state = tr.train(state, frozen, batches, [first])
+  assert first.seen == [(i, i) for i in range(1, 7)] and int(state.step) == 6
   tr.config = trainer_lib.TrainerConfig(num_steps=9, enable_dropout=False)
-  Record.seen = []
-  state = tr.train(state, frozen, batches, [Record()])
-  assert Record.seen == [(i, i) for i in range(7, 10)] and int(state.step) == 9
+  resumed = Record()
+  state = tr.train(state, frozen, batches, [resumed])
+  assert resumed.seen == [(i, i) for i in range(7, 10)] and int(state.step) == 9
 
 
 def test_microbatches_match_the_full_batch():
