@@ -8,7 +8,8 @@ the N decoder outputs to the generated parameters of a frozen T5 of the same arc
   layers x heads x head_dim, so query p becomes prefix position p of every layer.
 - HyperT5-LoRA: one query per (target, layer). A shared MLP per projection name (q, k, v,
   o, ...) emits A (d_in x rank) and B (rank x d_out); B's output layer starts at zero, so
-  the initial delta is exactly zero and training starts from the frozen model.
+  the initial delta is exactly zero and training starts from the frozen model. A and B
+  change, per optimizer step, at a directly trained LoRA's rate (`_RateMatchedDense`).
 
 The body (embedder, encoder, decoder) has the downstream T5's parameter names, so it is
 initialised by copying the downstream checkpoint (`init_from_downstream`), as in the paper.
@@ -132,8 +133,8 @@ class LoRAHead(nn.Module):
       if proj not in trunks:  # one MLP per projection name, shared across block kinds
         trunks[proj] = _MLPHead(t5, cfg.head_hidden, name=f"{proj}_trunk")
         # A ~ N(0, 1/d_in) per entry for unit-scale trunk outputs, like PEFT's init scale.
-        a_out[proj] = Dense(d_in * r, ("mlp", "embed"), 1.0 / d_in, t5, name=f"{proj}_a")
-        b_out[proj] = _ZeroDense(r * d_out, t5, name=f"{proj}_b")
+        a_out[proj] = _RateMatchedDense(d_in * r, d_in ** -0.5, t5, name=f"{proj}_a")
+        b_out[proj] = _RateMatchedDense(r * d_out, 0.0, t5, name=f"{proj}_b")
       x = trunks[proj](h[:, offset:offset + layers])
       offset += layers
       batch = h.shape[0]
@@ -144,17 +145,31 @@ class LoRAHead(nn.Module):
     return peft_lib.LoRA(a=a_tree, b=b_tree, alpha=cfg.lora_alpha)
 
 
-class _ZeroDense(nn.Module):
-  """Dense layer whose kernel starts at zero (B of LoRA: the initial delta is zero)."""
+class _RateMatchedDense(nn.Module):
+  """The LoRA head's output layer: y = x @ kernel / fan_in, y ~ N(0, out_std^2) at init for
+  unit-scale x (out_std 0: zero, so B starts the delta at zero).
+
+  Why the 1/fan_in: under Adam every kernel entry moves about lr per step, so a plain dense
+  layer's output, a sum over fan_in coherent inputs, moves fan_in x lr: fan_in times a
+  directly trained LoRA's A or B. A.B multiplies two such outputs. In the demo's stage 1
+  that ran away: the readers' q deltas reached rms 274 (the q kernel's is 0.03),
+  attention saturated, and the LoRA reader stayed at the bare query's loss. Dividing by
+  fan_in (with the kernel's init scaled up to match) gives each generated entry about lr
+  per step, as in LoRA tuning. Under Adafactor, whose steps are relative to the kernel's
+  RMS, A's rate is unchanged; B starts from zero at the floor step Adafactor gives any
+  zero parameter, as a directly trained LoRA's B does."""
   features: int
+  out_std: float
   t5: T5Config
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ("mlp", "embed")),
-                        (x.shape[-1], self.features), jnp.dtype(self.t5.param_dtype))
-    return jnp.dot(x, kernel.astype(x.dtype))
+    fan_in = x.shape[-1]
+    init = (nn.initializers.normal(self.out_std * fan_in ** 0.5) if self.out_std
+            else nn.initializers.zeros)
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, ("mlp", "embed")),
+                        (fan_in, self.features), jnp.dtype(self.t5.param_dtype))
+    return jnp.dot(x, kernel.astype(x.dtype)) / fan_in
 
 
 class HyperT5(nn.Module):

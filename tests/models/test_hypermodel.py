@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hypert5 import decoding
@@ -110,6 +111,38 @@ def test_initial_lora_is_exactly_the_frozen_model(downstream):
   assert all(not np.any(b) for b in jax.tree.leaves(lora.b))
   np.testing.assert_array_equal(_apply(CFG, downstream, lora), _apply(CFG, downstream))
 
+
+def test_one_adam_step_moves_generated_lora_entries_at_a_direct_loras_rate(downstream):
+  """Adam's first step moves every kernel entry by lr, so an output layer's entry moves by
+  lr x sum_j |x_j| for a plain dense layer (fan_in coherent inputs), but by lr x mean_j |x_j|
+  (about lr, as for a directly tuned LoRA) in the head's rate-matched A / B layers. The
+  plain layer's rate made the demo's generated q deltas run away (hypermodel._RateMatchedDense)."""
+  hcfg = _hyper_cfg("lora")
+  hparams = hypermodel.init_hyper_params(hcfg, jax.random.key(1), downstream)
+  model, lr = hypermodel.HyperT5(hcfg), 1e-3
+  lora, inter = model.apply({"params": hparams}, HYPER, capture_intermediates=True)
+  trunks = [x for name, calls in inter["intermediates"]["head"].items()
+            if name.endswith("_trunk") for x in calls["__call__"]]  # [batch, layers, hidden]
+  mean_abs_x = max(float(jnp.abs(x).mean(-1).max()) for x in trunks)
+  # A directional loss on every generated entry: each output kernel gets a dense gradient.
+  weights = jax.tree.map(lambda x: jax.random.normal(jax.random.key(2), x.shape), lora)
+
+  def objective(head):
+    out = model.apply({"params": {**hparams, "head": head}}, HYPER)
+    return sum(jnp.vdot(w, x) for w, x in zip(jax.tree.leaves(weights), jax.tree.leaves(out)))
+
+  head = hparams["head"]
+  outputs = {k for k in head if k.endswith(("_a", "_b"))}
+  grads = jax.grad(objective)(head)
+  grads = {k: g if k in outputs else jax.tree.map(jnp.zeros_like, g) for k, g in grads.items()}
+  opt = optax.adam(lr)
+  updates, _ = opt.update(grads, opt.init(head), head)
+  moved = model.apply({"params": {**hparams, "head": optax.apply_updates(head, updates)}}, HYPER)
+  for before, after in zip(jax.tree.leaves(lora), jax.tree.leaves(moved)):
+    step = float(jnp.abs(after - before).max())
+    assert 0 < step <= lr * mean_abs_x * 1.001, (step, lr * mean_abs_x)
+  plain_rate = lr * min(float(jnp.abs(x).sum(-1).min()) for x in trunks)
+  assert plain_rate > 10 * lr * mean_abs_x
 
 def test_zero_length_prefix_is_exactly_the_frozen_model(downstream):
   prefix = peft_lib.zero_prefix(CFG, 2, 0)
