@@ -144,6 +144,7 @@ def test_one_adam_step_moves_generated_lora_entries_at_a_direct_loras_rate(downs
   plain_rate = lr * min(float(jnp.abs(x).sum(-1).min()) for x in trunks)
   assert plain_rate > 10 * lr * mean_abs_x
 
+
 def test_zero_length_prefix_is_exactly_the_frozen_model(downstream):
   prefix = peft_lib.zero_prefix(CFG, 2, 0)
   np.testing.assert_array_equal(_apply(CFG, downstream, prefix), _apply(CFG, downstream))
