@@ -51,6 +51,7 @@ class Experiment:
   init_from: str | None
   init_head_from: str | None = None
   description_length: int | None = None
+  shuffle_buffer_size: int | None = None
 
   @property
   def description_tokens(self) -> int:
@@ -73,6 +74,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
                init_from: str | None = None, init_head_from: str | None = None,
                description_length: int | None = None,
+               shuffle_buffer_size: int | None = None,
                task_registrations: Any = ()) -> Experiment:
   """Everything a run needs. `model` is a T5Config (with `hyper` a HyperT5Config) or a
   LlamaConfig (with a HyperLlamaConfig: runs_llama.py runs those). `downstream_checkpoint`
@@ -83,6 +85,8 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   run's MODEL_DIR whose description reader (queries and head) HyperT5 starts as.
   `description_length` (peft_friendly) caps the description tokens its readers read (default:
   the oracle inputs' length); a longer description is an error, never silently cut.
+  `shuffle_buffer_size` sets every training task's shuffle buffer (examples per task, per
+  host; default: each task's own, seqio's 1,000): lower it for mixtures of many tasks.
   `task_registrations` are configured
   register functions (`[@tasks.sni.register]` in a gin file), called here: gin cannot call a
   function while parsing, and directory-based tasks must exist before MIXTURE is looked up."""
@@ -94,6 +98,9 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
       _required(value, macro)
   _register_tasks(task_registrations)
   model = _required(model, "experiment.model")
+  if shuffle_buffer_size is not None and shuffle_buffer_size < 1:
+    raise UsageError(f"experiment.shuffle_buffer_size={shuffle_buffer_size}: expected a "
+                     "positive number of examples per task, or None for each task's own")
   try:
     objective = (runs_llama.objective(mode, model, hyper, z_loss)
                  if runs_llama.is_decoder_only(model, hyper) else
@@ -103,7 +110,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,
                     optimizer, trainer, mesh, downstream_checkpoint, initial_peft,
                     eval_mixture, eval_split, eval_batch_size, num_beams, init_from,
-                    init_head_from, description_length)
+                    init_head_from, description_length, shuffle_buffer_size)
 
 
 def _register_tasks(registrations) -> None:
@@ -149,20 +156,26 @@ def _converter(name: str):
   return converters.converter_for(_provider(name), pack=False)
 
 
-def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> Iterator[dict]:
-  """Deterministic, endless batches of this host's share; skips `start` batches (resume)."""
+def training_dataset(exp: Experiment, converter: Any, seed: int | None = None):
+  """MIXTURE's endless, shuffled training batches of this host's share, as tf.data."""
   import seqio
   from hypert5.data import performance
   num_hosts = jax.process_count()
   if exp.batch_size % num_hosts:
     raise UsageError(f"batch_size {exp.batch_size} does not divide over {num_hosts} hosts")
-  ds = seqio.get_dataset(
-      _provider(exp.mixture), exp.task_feature_lengths, _converter(exp.mixture),
-      dataset_split="train", shuffle=True, num_epochs=None,
-      seed=exp.trainer.seed if seed is None else seed,
-      batch_size=exp.batch_size // num_hosts, verbose=False,
-      shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
-  ds = ds.with_options(performance.tf_data_options())
+  provider = _provider(exp.mixture)
+  with performance.shuffle_buffers(provider, exp.shuffle_buffer_size):
+    ds = seqio.get_dataset(
+        provider, exp.task_feature_lengths, converter, dataset_split="train", shuffle=True,
+        num_epochs=None, seed=exp.trainer.seed if seed is None else seed,
+        batch_size=exp.batch_size // num_hosts, verbose=False,
+        shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
+  return ds.with_options(performance.tf_data_options())
+
+
+def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> Iterator[dict]:
+  """Deterministic, endless batches of this host's share; skips `start` batches (resume)."""
+  ds = training_dataset(exp, _converter(exp.mixture), seed)
   split = _oracle_splitter(exp) if exp.objective.mode == "peft_friendly" else None
   for batch in ds.skip(start).as_numpy_iterator():
     batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}

@@ -139,17 +139,7 @@ def batch_shapes(exp: runs.Experiment) -> dict[str, tuple[int, int]]:
 
 def train_batches(exp: runs.Experiment, start: int = 0) -> Iterator[dict]:
   """runs.train_batches for DecoderOnlyFeatureConverter batches."""
-  import seqio
-  from hypert5.data import performance
-  num_hosts = jax.process_count()
-  if exp.batch_size % num_hosts:
-    raise UsageError(f"batch_size {exp.batch_size} does not divide over {num_hosts} hosts")
-  ds = seqio.get_dataset(
-      runs._provider(exp.mixture), exp.task_feature_lengths, converter(exp, exp.mixture),
-      dataset_split="train", shuffle=True, num_epochs=None, seed=exp.trainer.seed,
-      batch_size=exp.batch_size // num_hosts, verbose=False,
-      shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
-  ds = ds.with_options(performance.tf_data_options())
+  ds = runs.training_dataset(exp, converter(exp, exp.mixture))
   for batch in ds.skip(start).as_numpy_iterator():
     yield {k: v for k, v in batch.items() if k in MODEL_KEYS}
 

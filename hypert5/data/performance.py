@@ -1,12 +1,19 @@
-"""tf.data options for the input pipeline.
+"""tf.data options and per-task shuffle buffers for the input pipeline.
 
 seqio builds a chain of small per-example maps (tokenize, few-shot layout, trimming,
 conversion); tf.data pays a fixed cost per map call, so fusing them roughly doubles
 throughput on a few CPU cores (see `hypert5.data.throughput`). Apply to the final dataset:
 `ds = ds.with_options(tf_data_options())`.
-"""
-from typing import Optional
 
+A mixture shuffles each of its tasks separately, in a buffer of the task's
+`shuffle_buffer_size` (seqio's default: 1,000 examples), filled when the mixture first
+draws from the task and held for the whole run. Over hundreds of tasks (S-NI, P3) that is
+minutes of warm-up and gigabytes per host; `shuffle_buffers` sets one size for all of them.
+"""
+import contextlib
+from typing import Iterator, Optional
+
+import seqio
 import tensorflow as tf
 
 
@@ -18,3 +25,30 @@ def tf_data_options(cores: Optional[int] = None) -> tf.data.Options:
   if cores:
     options.threading.private_threadpool_size = cores
   return options
+
+
+@contextlib.contextmanager
+def shuffle_buffers(provider: seqio.DatasetProviderBase, size: Optional[int]) -> Iterator[None]:
+  """While datasets are built inside, every task of `provider` (a task or a mixture, nested
+  ones included) shuffles in a buffer of `size` examples; None keeps each task's own.
+
+  seqio's `Mixture.get_dataset` does not pass a buffer size down to its tasks, so this sets
+  the size each task reads when it builds its pipeline (seqio 0.0.20's
+  `Task._shuffle_buffer_size`) and restores it on exit; datasets already built keep theirs.
+  """
+  if size is None:
+    yield
+    return
+  if size < 1:
+    raise ValueError(f"shuffle buffer size {size}: expected a positive number of examples "
+                     "(or None for each task's own).")
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  saved = {task: task._shuffle_buffer_size for task in tasks}  # pylint: disable=protected-access
+  try:
+    for task in tasks:
+      if saved[task] is not None:  # None: the task's source shuffles itself
+        task._shuffle_buffer_size = size  # pylint: disable=protected-access
+    yield
+  finally:
+    for task, own in saved.items():
+      task._shuffle_buffer_size = own  # pylint: disable=protected-access
