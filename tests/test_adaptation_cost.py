@@ -6,10 +6,6 @@ positive, and the stop rule: a target equal to the step-0 score is reached at st
 time, no FLOPs), an unreachable one runs to the step cap and is reported as not reached.
 Speed itself is the benchmark's business, not asserted here.
 """
-import importlib.util
-import os
-import sys
-
 import flax.linen as nn
 import jax
 import numpy as np
@@ -17,20 +13,9 @@ import pytest
 
 from hypert5.models import configs, hypermodel, t5
 from hypert5.training import flops, modes
+from scripts import load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "benchmarks", "adaptation_cost.py")
-
-
-def _script_module():
-  spec = importlib.util.spec_from_file_location("adaptation_cost", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _script_module()
+bench = load_script("benchmarks/adaptation_cost.py")
 
 
 def _random_params(abstract, seed: int, std: float = 0.05):

@@ -1,7 +1,6 @@
 """launch/launch.py's --dry_run output, run back through bash with gcloud / sbatch / srun
 stubbed, so that quoting is checked by the shell that will read it; the hypert5 command
 that comes out parses with hypert5's own flag and gin parsers."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,11 +9,10 @@ import gin
 import pytest
 
 from hypert5 import main as hypert5_main
+from scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("launch", os.path.join(REPO, "launch", "launch.py"))
-launch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(launch)
+launch = load_script("launch/launch.py")
 
 EXPERIMENT = "experiments/mtf_sni_xl_lora.gin"
 MODEL_DIR = "gs://my-bucket/runs/sni xl's"  # a space and a quote: quoting must survive

@@ -5,34 +5,27 @@ The Hugging Face side needs a separate interpreter with torch, transformers and 
 test skips. Speed is not asserted (benchmarks measure it); the two sides must compute the
 same model: equal losses at step 0 and the same greedy tokens.
 """
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "peer_hf_peft.py")
 
 
-def _script_module():
-  spec = importlib.util.spec_from_file_location("peer_hf_peft", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_missing_torch_interpreter_is_a_clear_error(tmp_path):
-  bench = _script_module()
+  bench = load_script("benchmarks/peer_hf_peft.py")
   with pytest.raises(bench.TorchSideMissing, match="pip install torch==2.13.0 transformers peft"):
     bench.check_torch_python(str(tmp_path / "no_such_python"))
   assert bench.main(["--torch_python", str(tmp_path / "no_such_python")]) == 2
 
 
 def test_tiny_peer_comparison_runs_and_both_sides_agree(tmp_path):
-  bench = _script_module()
+  bench = load_script("benchmarks/peer_hf_peft.py")
   torch_python = os.environ.get("HYPERT5_TORCH_PYTHON", bench.DEFAULT_TORCH_PYTHON)
   try:
     bench.check_torch_python(torch_python)

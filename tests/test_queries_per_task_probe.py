@@ -5,29 +5,14 @@ ordinary hyper objective on the same rows with the hyper input written out per q
 probe's batches must be the family's: every query's target is its task's mapping of the
 query, the Q queries of a task are not among its examples, and the layout is the pipeline's.
 """
-import importlib.util
-import os
-import sys
-
 import jax
 import numpy as np
 
 from hypert5.models import configs, hypermodel, t5
 from hypert5.training import modes
+from scripts import load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "benchmarks", "queries_per_task_probe.py")
-
-
-def _script_module():
-  spec = importlib.util.spec_from_file_location("queries_per_task_probe", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-probe = _script_module()
+probe = load_script("benchmarks/queries_per_task_probe.py")
 
 
 def test_a_shared_forward_gives_the_loss_of_duplicated_hyper_rows():
