@@ -156,6 +156,18 @@ def _converter(name: str):
   return converters.converter_for(_provider(name), pack=False)
 
 
+def queries_per_row(exp: Experiment) -> int:
+  """Queries per row of MIXTURE's tasks (registered with queries_per_task; default 1). A
+  MIXTURE not registered here (shapes planned without its data) counts as 1; reading its
+  data is what then fails, with the lookup's error."""
+  from hypert5.data import registry
+  try:
+    provider = _provider(exp.mixture)
+  except UsageError:
+    return 1
+  return registry.queries_per_task(provider)
+
+
 def training_dataset(exp: Experiment, converter: Any, seed: int | None = None):
   """MIXTURE's endless, shuffled training batches of this host's share, as tf.data."""
   import seqio
@@ -169,7 +181,10 @@ def training_dataset(exp: Experiment, converter: Any, seed: int | None = None):
         provider, exp.task_feature_lengths, converter, dataset_split="train", shuffle=True,
         num_epochs=None, seed=exp.trainer.seed if seed is None else seed,
         batch_size=exp.batch_size // num_hosts, verbose=False,
-        shard_info=seqio.ShardInfo(jax.process_index(), num_hosts))
+        shard_info=seqio.ShardInfo(jax.process_index(), num_hosts),
+        # seqio's trim cuts a feature's first axis, which rows of several queries hold
+        # [Q, length] in; their preprocessors trim each query themselves.
+        trim_output_features=queries_per_row(exp) == 1)
   return ds.with_options(performance.tf_data_options())
 
 
@@ -182,13 +197,16 @@ def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> I
     yield split(batch) if split else batch
 
 
-def batch_shapes(exp: Experiment) -> dict[str, tuple[int, int]]:
-  """{feature: (batch, length)} of the batches train_batches yields for this experiment."""
+def batch_shapes(exp: Experiment) -> dict[str, tuple[int, ...]]:
+  """{feature: shape} of the batches train_batches yields for this experiment: (batch,
+  length), or (batch, Q, length) for the query features of rows of Q queries."""
   if runs_llama.handles(exp):
     return runs_llama.batch_shapes(exp)
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
-  shapes = {k: (b, lengths["targets"]) for k in MODEL_KEYS[2:]}
-  shapes["encoder_input_tokens"] = (b, lengths["inputs"])
+  q = queries_per_row(exp)
+  rows = (b,) if q == 1 else (b, q)  # rows of several queries: [batch, Q, length]
+  shapes = {k: rows + (lengths["targets"],) for k in MODEL_KEYS[2:]}
+  shapes["encoder_input_tokens"] = rows + (lengths["inputs"],)
   if obj.mode == "hyper":
     shapes["hyper_encoder_input_tokens"] = (b, lengths["hyper_inputs"])
   if obj.mode == "peft_friendly":
@@ -394,7 +412,7 @@ def _step_flops(exp: Experiment) -> float:
     queries = sum(obj.reader(k).num_queries for k in modes.READERS) // len(modes.READERS)
   return flops.step_flops(obj.mode, obj.t5, exp.batch_size, lengths.get("inputs", 0),
                           lengths.get("targets", 0), hyper_len, queries, prefix_len,
-                          hyper.body if hyper else None)
+                          hyper.body if hyper else None, queries_per_row(exp))
 
 
 def optimizer(exp: Experiment):
@@ -570,7 +588,8 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
   batch["decoder_loss_weights"] = np.ones_like(batch["decoder_loss_weights"])
   return time_train_steps(exp, optimizer(exp),
                           t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
-                          _step_flops(exp), b * (lengths["inputs"] + lengths["targets"]),
+                          _step_flops(exp),
+                          b * queries_per_row(exp) * (lengths["inputs"] + lengths["targets"]),
                           output_file, (input_warmup, input_batches), lengths=lengths)
 
 

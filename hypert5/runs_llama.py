@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from hypert5 import runs
+from hypert5.data import registry
 from hypert5.data.decoder_only import FEW_SHOT, HYPER_INPUT_TOKENS, DecoderOnlyFeatureConverter
 from hypert5.data.features import HYPER_INPUTS
 from hypert5.models import gisting, llama, peft as peft_lib
@@ -112,6 +113,10 @@ def converter(exp: runs.Experiment, name: str) -> DecoderOnlyFeatureConverter:
   """The feature converter for task or mixture `name`, after checking its vocabulary fits
   the Llama's embedding (an id past it would be clamped silently, not caught)."""
   provider = runs._provider(name)
+  if registry.queries_per_task(provider) > 1:
+    raise UsageError(f"{name}: its rows hold several queries (queries_per_task), which "
+                     "HyperT5 training shares a forward over; HyperLlama reads one query "
+                     "per row: register the tasks with queries_per_task=1")
   vocab = provider.output_features["targets"].vocabulary
   if vocab.vocab_size > exp.objective.llama.vocab_size:
     raise UsageError(f"{name}: its vocabulary has {vocab.vocab_size} ids but the Llama embeds "

@@ -142,8 +142,8 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
              modes: Sequence[str] = ("hyper",), heldout: Optional[Sequence[str]] = None,
              heldout_fraction: float = 0.2, tasks: Optional[Sequence[str]] = None,
              max_examples: Optional[int] = None, seed: int = 0, pool_size: int = 1024,
-             skip_invalid: bool = False,
-             max_train_tasks: Optional[int] = None) -> Dict[str, List[str]]:
+             skip_invalid: bool = False, max_train_tasks: Optional[int] = None,
+             queries_per_task: int = 1) -> Dict[str, List[str]]:
   """Registers BIG-bench JSON tasks and the bigbench_train / bigbench_heldout mixtures.
 
   `tasks` restricts which task names load; `heldout` lists the held-out names (else a
@@ -151,8 +151,10 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
   `skip_invalid=True` logs and skips tasks that fail validation (e.g. fewer than K+1
   examples) instead of raising. `max_train_tasks` keeps a seeded subset of that many
   training tasks (held-out tasks are unaffected): building a seqio mixture of ~1,000 tasks
-  takes about a second a task on a loaded CPU, too slow for small runs. Returns
-  {"train": [...], "heldout": [...]} hyper names.
+  takes about a second a task on a loaded CPU, too slow for small runs.
+  `queries_per_task` > 1 makes each row of a training task Q of its queries sharing one
+  support set and hypermodel forward (`fewshot.group_queries`); held-out tasks keep one.
+  Returns {"train": [...], "heldout": [...]} hyper names.
   """
   fewshot.check_k(k)
   vocabulary = vocab_lib.as_vocabulary(vocabulary)
@@ -192,7 +194,8 @@ def register(path: str, k: int = 3, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     names = pipelines.register(
         PREFIX, short, source,
         kind=pipelines.RANK if task["multiple_choice"] else pipelines.GENERATIVE,
-        vocabulary=vocabulary, k=k, modes=modes, pool_size=pool_size, source_desc=file)
+        vocabulary=vocabulary, k=k, modes=modes, pool_size=pool_size, source_desc=file,
+        queries_per_task=1 if is_heldout(name) else queries_per_task)
     chosen["heldout" if is_heldout(name) else "train"].append(names)
   if wanted is not None and heldout_set is not None and not heldout_set <= wanted:
     raise DataError(f"{where(path)}held-out tasks not among `tasks`: "

@@ -95,12 +95,15 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
              train_tasks: Optional[Sequence[str]] = None,
              test_tasks: Optional[Sequence[str]] = None,
              split_dir: str = "splits/default", max_train_instances: Optional[int] = None,
-             max_test_instances: int = 100) -> Dict[str, List[str]]:
+             max_test_instances: int = 100,
+             queries_per_task: int = 1) -> Dict[str, List[str]]:
   """Registers every S-NI task file under `data_dir` and the sni_train / sni_test mixtures.
 
   Task lists come from `train_tasks` / `test_tasks`, else from `<split_dir>/{train,test}
-  _tasks.txt`; without a train list, every task that is not a test task trains. Returns
-  the mixtures' hyper-mode task names, {"train": [...], "test": [...]}.
+  _tasks.txt`; without a train list, every task that is not a test task trains.
+  `queries_per_task` > 1 makes each row of a training task Q of its instances sharing its
+  positive examples and one hypermodel forward (`fewshot.group_queries`); test tasks keep
+  one. Returns the mixtures' hyper-mode task names, {"train": [...], "test": [...]}.
   """
   fewshot.check_k(k)
   task_dir = os.path.join(data_dir, "tasks")
@@ -138,7 +141,8 @@ def register(data_dir: str, k: int = 2, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
         sources.RowsSource(load, ("train", "validation", "test"), _COLUMNS,
                            task=f"{PREFIX}_{name}"),
         kind=pipelines.GENERATIVE, vocabulary=vocabulary, k=k, modes=modes,
-        source_desc=path)
+        source_desc=path,
+        queries_per_task=1 if task in lists["test"] else queries_per_task)
   for split in ("train", "test"):
     pipelines.register_mixtures(PREFIX, split, [registered[t] for t in lists[split]], modes)
   return {split: [pipelines.task_name(PREFIX, "hyper", registry.sanitize(t)) for t in names]

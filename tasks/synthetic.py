@@ -19,6 +19,8 @@ train / validation / test queries (the train split serves prefix/LoRA tuning).
 Registered (mode as in `hypert5.data.pipelines`; hyper mode shown, baselines insert the
 mode: `synthetic_icl_train`, `synthetic_oracle_heldout_003`, ...):
   synthetic_train            training members, K sampled examples per query
+  synthetic_train_q<Q>       the same, Q queries per row sharing their K examples
+                             (registered by `register(queries_per_task=Q)`)
   synthetic_heldout_<i>      held-out member i, one fixed K-shot set, exact-match metrics
   synthetic_heldout          mixture of the held-out tasks
 """
@@ -85,12 +87,16 @@ class Family:
   reversal: bool = False  # members may reverse their input before substituting
   alphabet: str = ALPHABET
   heldout_sizes: Tuple[int, int, int] = (256, 64, 64)  # train / validation / test queries
+  queries_per_task: int = 1  # queries per training row, sharing its K examples
 
   def __post_init__(self):
     fewshot.check_k(self.k)
     if not 1 <= self.min_len <= self.max_len:
       raise ValueError(f"synthetic: need 1 <= min_len <= max_len, got {self.min_len}, "
                        f"{self.max_len}.")
+    if self.queries_per_task < 1:
+      raise ValueError(f"synthetic: queries_per_task={self.queries_per_task}: must be at "
+                       "least 1.")
     if self.num_subs > len(self.alphabet) // 2:
       raise ValueError(f"synthetic: num_subs={self.num_subs} is too many for "
                        f"{len(self.alphabet)} letters.")
@@ -163,8 +169,9 @@ class Family:
   # --------------------------------------------------- training rows, in TF --
 
   def train_dataset(self, split: str, num_examples: int) -> tf.data.Dataset:
-    """Rows for training members, made in TF from their index: a random member, K+1
-    distinct strings, the last one the query. Deterministic in (seed, split)."""
+    """Rows for training members, made in TF from their index: a random member, K+Q
+    distinct strings, the last Q the queries (`inputs` / `targets` are [Q] strings when
+    queries_per_task Q > 1, else scalars). Deterministic in (seed, split)."""
     members = self.train_members
     a = len(self.alphabet)
     tables = np.tile(np.arange(a, dtype=np.int32), (len(members), 1))
@@ -178,7 +185,8 @@ class Family:
     descriptions = tf.constant([m.description for m in members])
     chars = tf.constant(list(self.alphabet))
     base = tf.constant(_seed_pair("train_rows", self.seed, split), tf.int64)
-    n, k, max_len = self.k + 1, self.k, self.max_len
+    q = self.queries_per_task
+    n, k, max_len = self.k + q, self.k, self.max_len
 
     rows_per_seed = 256  # generated together: per-element tf.data work is the bottleneck
 
@@ -200,11 +208,12 @@ class Family:
         return tf.reshape(tf.strings.reduce_join(x, axis=1), [rows_per_seed, n])
 
       xs, ys = to_strings(ids), to_strings(out)
-      # Keep rows whose K+1 inputs are distinct: the query is never among its support.
+      # Keep rows whose K+Q inputs are distinct: no query is among its support.
       same = tf.reduce_sum(tf.cast(tf.equal(xs[:, :, None], xs[:, None, :]), tf.int32), [1, 2])
       keep = tf.equal(same, n)
       rows = {"task_name": tf.gather(names, m), "description": tf.gather(descriptions, m),
-              "inputs": xs[:, k], "targets": ys[:, k], fewshot.SUPPORT_INPUTS: xs[:, :k],
+              "inputs": xs[:, k:] if q > 1 else xs[:, k],
+              "targets": ys[:, k:] if q > 1 else ys[:, k], fewshot.SUPPORT_INPUTS: xs[:, :k],
               fewshot.SUPPORT_TARGETS: ys[:, :k]}
       return tf.data.Dataset.from_tensor_slices(
           {key: tf.boolean_mask(v, keep) for key, v in rows.items()})
@@ -248,26 +257,38 @@ def heldout_task_name(i: int, mode: str = "hyper") -> str:
 def register(seed: int = 0, num_train: int = 4096, num_heldout: int = 64, k: int = 6,
              vocabulary="byte", modes: Sequence[str] = pipelines.MODES,
              train_examples: int = 4096 * 64, validation_examples: int = 2048,
-             reversal: bool = False) -> Family:
+             reversal: bool = False, queries_per_task: int = 1) -> Family:
   """Registers the family's tasks and mixtures (see the module docstring); returns it.
 
   Idempotent: calling again (e.g. with another seed) replaces the tasks. The default
-  family is registered when `tasks` is imported.
+  family is registered when `tasks` is imported. `queries_per_task` Q > 1 also registers
+  `synthetic_train_q<Q>`: the hyper-mode training rows as Q queries of one member sharing
+  its K examples, for one hypermodel forward per Q queries (`fewshot.group_queries`;
+  `train_examples` then counts rows). A name of its own, so that `synthetic_train` means
+  one query per row in every run of a process, whatever was registered before.
   """
   global FAMILY
   family = Family(seed=seed, num_train=num_train, num_heldout=num_heldout, k=k,
                   reversal=reversal)
   postprocess, metric_fns = pipelines.metrics(pipelines.GENERATIVE)
   vocabulary = vocab_lib.as_vocabulary(vocabulary)
+  source = f"synthetic(seed={seed})"
+  sizes = {"train": train_examples, "validation": validation_examples}
   for mode in modes:
     features = pipelines.output_features(mode, vocabulary)
-    steps = pipelines.preprocessors(mode, k=k, source=f"synthetic(seed={seed})")
+    steps = pipelines.preprocessors(mode, k=k, source=source)
     registry.add_task(
-        pipelines.task_name(PREFIX, mode, "train"),
-        source=_TrainSource(family, {"train": train_examples,
-                                     "validation": validation_examples}),
+        pipelines.task_name(PREFIX, mode, "train"), source=_TrainSource(family, sizes),
         output_features=features, preprocessors=steps, postprocess_fn=postprocess,
         metric_fns=metric_fns)
+    if mode == "hyper" and queries_per_task > 1:
+      q = queries_per_task
+      registry.add_task(
+          pipelines.task_name(PREFIX, mode, f"train_q{q}"), queries_per_task=q,
+          source=_TrainSource(dataclasses.replace(family, queries_per_task=q), sizes),
+          output_features=pipelines.output_features(mode, vocabulary, q),
+          preprocessors=pipelines.preprocessors(mode, k=k, source=source, queries_per_task=q),
+          postprocess_fn=postprocess, metric_fns=metric_fns)
     names = []
     for i, member in enumerate(family.heldout_members):
       names.append(heldout_task_name(i, mode))

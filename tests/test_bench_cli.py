@@ -53,6 +53,28 @@ def test_bench_reports_consistent_throughput(tmp_path, gin_file, lengths, model)
     assert r["tokens_per_s"] > 0 and "decoder_input_tokens" in r["lengths"]
 
 
+def test_bench_counts_every_query_of_rows_of_several(tmp_path):
+  """HyperT5 rows of 4 queries (tasks.synthetic.register.queries_per_task): the timed batch
+  and the pipeline's batches are [batch, 4, length]; tokens and the downstream's FLOPs count
+  4 queries per row, the hypermodel's one forward per row."""
+  from hypert5 import runs
+  lengths = {"hyper_inputs": 24, "inputs": 8, "targets": 6}
+  r = _bench(tmp_path, "experiments/synthetic_tiny.gin", lengths,
+             "--gin.MIXTURE='synthetic_train_q4'",
+             "--gin.tasks.synthetic.register.queries_per_task=4",
+             "--gin.experiment.task_registrations=[@tasks.synthetic.register]")
+  exp = runs.experiment()
+  assert runs.batch_shapes(exp)["encoder_input_tokens"] == (4, 4, 8)
+  assert math.isclose(r["tokens_per_s"], 4 * 4 * (8 + 6) / r["step_time_s"], rel_tol=1e-6)
+  assert r["input_s_per_batch"] > 0  # the real batches matched the timed shapes
+  obj = exp.objective
+  args = (obj.t5, 4, 8, 6, 24, obj.hyper.num_queries, 0, obj.hyper.body)
+  assert math.isclose(r["model_tflops_per_step"] * 1e12,
+                      flops.step_flops("hyper", *args, queries_per_row=4), rel_tol=1e-6)
+  assert (flops.step_flops("hyper", *args, queries_per_row=4) - flops.step_flops("hyper", *args)
+          == 3 * 2 * 4 * flops.t5_forward_flops(obj.t5, 8, 6))  # 3 more queries per row
+
+
 def test_bench_input_timing_fits_the_mode_or_says_what_to_do(tmp_path, capsys):
   """LoRA tuning's step on a few-shot MIXTURE (its hyper_inputs are not the step's
   business); lengths the MIXTURE cannot use are a one-line error naming the way out, and

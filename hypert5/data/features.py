@@ -17,7 +17,11 @@ def plain_features(vocabulary) -> Mapping[str, seqio.Feature]:
   }
 
 
-def hyper_features(vocabulary) -> Mapping[str, seqio.Feature]:
-  """`hyper_inputs` (what the hypermodel reads) plus the plain features."""
+def hyper_features(vocabulary, queries_per_task: int = 1) -> Mapping[str, seqio.Feature]:
+  """`hyper_inputs` (what the hypermodel reads) plus the plain features; with several
+  queries per row (`fewshot.group_queries`) `inputs` / `targets` are [queries, length]."""
   v = vocab_lib.as_vocabulary(vocabulary)
-  return {HYPER_INPUTS: seqio.Feature(v, add_eos=True, required=True), **plain_features(v)}
+  plain = plain_features(v)
+  if queries_per_task > 1:
+    plain = {k: seqio.Feature(v, add_eos=True, required=True, rank=2) for k in plain}
+  return {HYPER_INPUTS: seqio.Feature(v, add_eos=True, required=True), **plain}

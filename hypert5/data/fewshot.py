@@ -11,6 +11,10 @@ Two steps, so that where the support comes from and how it is written stay separ
      once; queries equal to a support example are dropped.
    A source may also yield the support features itself (S-NI's positive examples, the
    synthetic family); `sample_support` then leaves the example alone.
+   With several queries per task (training only), `group_queries` first makes one row of Q
+   queries of a task, so that they share one support set (none of them among it) and a
+   hypermodel forward; `split_queries` lays each out as a row of its own and `join_queries`,
+   after trimming, joins them back into `inputs` / `targets` of shape [Q, length].
 
 2. Layout (token level), `format_few_shot`, with T5 sentinels as markers so the format
    reads the same under SentencePiece and byte vocabularies:
@@ -31,6 +35,7 @@ import tensorflow as tf
 
 from hypert5.data import support as support_lib
 from hypert5.data.errors import DataError, where
+from hypert5.data.features import HYPER_INPUTS
 # Re-exported: choosing a fixed set is pure Python (support.py), used here and by tasks.
 from hypert5.data.support import content_key, select_support, without_support  # noqa: F401
 
@@ -79,8 +84,12 @@ def fixed_support(dataset: tf.data.Dataset,
 
 def _materialize_pool(dataset: tf.data.Dataset, pool_size: int):
   """The first `pool_size` (task_name, input, target) triples, as numpy object arrays."""
-  cols = dataset.map(lambda ex: (ex["task_name"], ex["inputs"], ex["targets"]),
-                     num_parallel_calls=tf.data.AUTOTUNE).take(pool_size).batch(4096)
+  def columns(ex):  # grouped rows (group_queries) hold [Q] queries: one pool entry each
+    inputs = tf.reshape(ex["inputs"], [-1])
+    return tf.fill(tf.shape(inputs), ex["task_name"]), inputs, tf.reshape(ex["targets"], [-1])
+
+  cols = dataset.map(columns, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+  cols = cols.take(pool_size).batch(4096)
   names, inputs, targets = [], [], []
   for n, i, t in cols.as_numpy_iterator():
     names.append(n), inputs.append(i), targets.append(t)
@@ -100,10 +109,12 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
 
   Needs string features `task_name`, `inputs`, `targets`. No-op when the source already
   provides `support_inputs` (a fixed set) or k == 0. `source` names the data in errors.
+  A row of Q queries (`group_queries`) gets one support set, none of its queries among it.
   """
   check_k(k)
   if SUPPORT_INPUTS in dataset.element_spec or k == 0:
     return dataset
+  queries = queries_per_row(dataset)
   names, inputs, targets = _materialize_pool(dataset, pool_size)
   if len(names) == 0:
     raise DataError(f"{where(path=source)}the dataset is empty, so there is nothing to "
@@ -119,11 +130,12 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
   names, inputs, targets = names[order], inputs[order], targets[order]
   task_names, starts, counts = np.unique(names, return_index=True, return_counts=True)
   for name, count in zip(task_names, counts):
-    if count < k + 1:
+    if count < k + queries:
       raise DataError(
           f"{where(path=source, task=name.decode())}only {count} distinct examples (in the "
-          f"first {pool_size}); {k}-shot support needs at least {k + 1} (k others besides "
-          f"the query). Lower k, raise pool_size, or add examples.")
+          f"first {pool_size}); {k}-shot support needs at least {k + queries} (k others "
+          f"besides the {queries} quer{'ies' if queries > 1 else 'y'} of a row). Lower k or "
+          f"queries_per_task, raise pool_size, or add examples.")
 
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(
@@ -143,7 +155,9 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
     start, count = starts[group], counts[group]
     keys = pool_keys[start:start + count]
     scores = tf.random.stateless_uniform(tf.shape(keys), seed)
-    scores = tf.where(tf.equal(keys, tf.strings.strip(ex["inputs"])), 2.0, scores)
+    query_keys = tf.reshape(tf.strings.strip(ex["inputs"]), [-1])
+    is_query = tf.reduce_any(tf.equal(keys[:, None], query_keys[None, :]), axis=1)
+    scores = tf.where(is_query, 2.0, scores)
     _, idx = tf.math.top_k(-scores, k)
     idx = idx + tf.cast(start, tf.int32)
     ex = dict(ex)
@@ -152,6 +166,108 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
     return ex
 
   return pick(dataset)
+
+
+# ------------------------------------------------------ several queries per task --
+
+PER_QUERY = ("inputs", "targets")
+
+
+def queries_per_row(dataset: tf.data.Dataset) -> int:
+  """Q for rows of [Q] queries (`group_queries`), 1 for rows of one."""
+  shape = dataset.element_spec["inputs"].shape
+  return 1 if shape.rank == 0 else shape[0]
+
+
+def group_queries(dataset: tf.data.Dataset, *, queries_per_task: int,
+                  source: Optional[str] = None) -> tf.data.Dataset:
+  """Rows of `queries_per_task` consecutive queries of one task (`task_name`): `inputs` and
+  `targets` become [Q] strings, the other features are the first query's.
+
+  So that Q queries share one support set and one hypermodel forward in training (more
+  evidence on a task per forward). A window of a task left with fewer than Q queries at
+  the end of the data is dropped. No-op for Q = 1 and for a source whose rows already
+  hold Q queries. Support a source gives (a fixed K-shot set) is the first query's; none of
+  the other queries may be among it. Before `sample_support`.
+  """
+  q = queries_per_task
+  if q < 1:
+    raise ValueError(f"{where(path=source)}queries_per_task={q}: must be at least 1.")
+  spec = dataset.element_spec
+  if q == 1 or queries_per_row(dataset) == q:
+    return dataset
+  if spec["inputs"].shape.rank != 0:
+    raise DataError(f"{where(path=source)}rows hold {queries_per_row(dataset)} queries, "
+                    f"not the {q} asked for; register the task with its source's count.")
+  if "answer_choices" in spec:
+    raise DataError(f"{where(path=source)}multiple-choice rows (answer_choices) are scored "
+                    "one per choice, for evaluation; register this split with "
+                    "queries_per_task=1.")
+
+  def key(ex):
+    name = ex.get("task_name", tf.constant(""))
+    return tf.strings.to_hash_bucket_fast(name, 1 << 62)
+
+  grouped = dataset.group_by_window(
+      key, lambda _, window: window.batch(q, drop_remainder=True), window_size=q)
+
+  @tf.autograph.experimental.do_not_convert
+  def first(ex):
+    out = {k: v if k in PER_QUERY else v[0] for k, v in ex.items()}
+    if SUPPORT_INPUTS in out:
+      in_support = tf.equal(tf.strings.strip(out["inputs"])[:, None],
+                            tf.strings.strip(out[SUPPORT_INPUTS])[None, :])
+      check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(in_support)), [
+          f"{where(path=source)}task", out.get("task_name", "?"), ": a query is among "
+          "the support its source gave another query; a source giving each query its "
+          "own support must group its queries itself (see tasks/synthetic.py)."])
+      with tf.control_dependencies([check]):
+        out["inputs"] = tf.identity(out["inputs"])
+    return out
+
+  return grouped.map(first, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def split_queries(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """A row of Q queries -> Q rows of one, in order, each with the row's other features
+  (its support): tokenizing and layout then run per query as for any row."""
+  q = queries_per_row(dataset)
+  if q == 1:
+    return dataset
+
+  def rows(ex):
+    return tf.data.Dataset.from_tensor_slices(
+        {k: v if k in PER_QUERY else tf.repeat(v[tf.newaxis], q, axis=0)
+         for k, v in ex.items()})
+
+  return dataset.flat_map(rows)
+
+
+def join_queries(dataset: tf.data.Dataset, *, queries_per_task: int,
+                 source: Optional[str] = None) -> tf.data.Dataset:
+  """The Q rows `split_queries` made, after trimming, back into one: `inputs` / `targets`
+  [Q, longest] (padded with 0), `<feature>_truncated` of those summed, the rest the first
+  row's. Their hyper_inputs are checked to be one (the rows are consecutive and nothing
+  between the two steps adds or drops rows). No-op for Q = 1."""
+  q = queries_per_task
+  if q == 1:
+    return dataset
+  summed = tuple(f"{k}_truncated" for k in PER_QUERY)
+
+  @tf.autograph.experimental.do_not_convert
+  def join(ex):
+    hyper = ex[HYPER_INPUTS]
+    check = tf.debugging.assert_equal(
+        hyper, tf.broadcast_to(hyper[:1], tf.shape(hyper)),
+        message=f"{where(path=source)}queries joined into one row have different hyper "
+                "inputs: a step between split_queries and join_queries added or dropped rows")
+    with tf.control_dependencies([check]):
+      out = {k: tf.identity(v) if k in PER_QUERY else v[0] for k, v in ex.items()}
+    out.update({k: tf.reduce_sum(ex[k]) for k in summed if k in ex})
+    return out
+
+  return dataset.padded_batch(q, drop_remainder=True).map(
+      join, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ------------------------------------------------------------------------- layout --

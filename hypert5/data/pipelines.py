@@ -36,26 +36,35 @@ def task_name(prefix: str, mode: str, name: str) -> str:
   return f"{prefix}_{name}" if mode == "hyper" else f"{prefix}_{mode}_{name}"
 
 
-def output_features(mode: str, vocabulary) -> Mapping[str, seqio.Feature]:
+def output_features(mode: str, vocabulary,
+                    queries_per_task: int = 1) -> Mapping[str, seqio.Feature]:
   if check_mode(mode) == "hyper":
-    return features_lib.hyper_features(vocabulary)
+    return features_lib.hyper_features(vocabulary, queries_per_task)
   return features_lib.plain_features(vocabulary)
 
 
 def preprocessors(mode: str, *, k: int, pool_size: int = 1024,
-                  source: Optional[str] = None) -> List[Callable]:
+                  source: Optional[str] = None, queries_per_task: int = 1) -> List[Callable]:
   """The preprocessor list for `mode` (see the module docstring).
 
   Support the source gives (a fixed K-shot set) wins over sampling; `answer_choices`, when
   the source gives them (evaluation splits of multiple-choice tasks), expand into one
-  scored row per choice after the support is chosen, so all rows share it.
+  scored row per choice after the support is chosen, so all rows share it. In hyper mode,
+  `queries_per_task` > 1 makes each row Q queries of one task sharing one support set (for
+  training: one hypermodel forward per Q queries; see `fewshot.group_queries`).
   """
   check_mode(mode)
   fewshot.check_k(k)
+  grouped = mode == "hyper" and queries_per_task > 1
   steps = []
+  if grouped:
+    steps.append(functools.partial(fewshot.group_queries, queries_per_task=queries_per_task,
+                                   source=source))
   if mode in ("hyper", "icl"):
     steps.append(functools.partial(fewshot.sample_support, k=k, pool_size=pool_size,
                                    source=source))
+  if grouped:
+    steps.append(fewshot.split_queries)
   steps += [functools.partial(prep.rank_classification, source=source),
             seqio.preprocessors.tokenize]
   if mode == "hyper":
@@ -66,6 +75,9 @@ def preprocessors(mode: str, *, k: int, pool_size: int = 1024,
     steps.append(functools.partial(fewshot.format_few_shot, into="inputs",
                                    prefix_feature="description", with_support=False))
   steps.append(prep.trim_and_count)
+  if grouped:
+    steps.append(functools.partial(fewshot.join_queries, queries_per_task=queries_per_task,
+                                   source=source))
   return steps
 
 
@@ -89,19 +101,23 @@ def metrics(kind: str) -> Tuple[Callable, Sequence[Callable]]:
 
 def register(prefix: str, name: str, source, *, kind: str, vocabulary, k: int,
              modes: Sequence[str] = ("hyper",), pool_size: int = 1024,
-             source_desc: Optional[str] = None) -> Mapping[str, str]:
+             source_desc: Optional[str] = None,
+             queries_per_task: int = 1) -> Mapping[str, str]:
   """Registers one data source as a seqio task per mode; returns {mode: task name}.
 
   Names are `task_name(prefix, mode, name)`. Registering again replaces the tasks.
+  `queries_per_task` applies to hyper mode (the baselines have no forward to share).
   """
   postprocess_fn, metric_fns = metrics(kind)
   names = {}
   for mode in modes:
     names[mode] = task_name(prefix, mode, name)
+    q = queries_per_task if mode == "hyper" else 1
     registry.add_task(
-        names[mode], source=source, output_features=output_features(mode, vocabulary),
+        names[mode], queries_per_task=q, source=source,
+        output_features=output_features(mode, vocabulary, q),
         preprocessors=preprocessors(mode, k=k, pool_size=pool_size,
-                                    source=source_desc or names[mode]),
+                                    source=source_desc or names[mode], queries_per_task=q),
         postprocess_fn=postprocess_fn, metric_fns=metric_fns)
   return names
 

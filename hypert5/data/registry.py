@@ -5,19 +5,48 @@ functions are called again with new paths or settings; seqio's own `add` refuses
 duplicates. Mixtures are re-created after their tasks so they hold the current tasks.
 """
 import logging
-from typing import Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import seqio
 
 Rate = Union[float, int]
 
+# Task name -> queries per row (fewshot.group_queries); tasks not listed have one.
+_QUERIES_PER_TASK: Dict[str, int] = {}
 
-def add_task(name: str, **kwargs) -> seqio.Task:
-  """`seqio.TaskRegistry.add(name, ...)`, replacing a task of the same name."""
+
+def add_task(name: str, queries_per_task: int = 1, **kwargs) -> seqio.Task:
+  """`seqio.TaskRegistry.add(name, ...)`, replacing a task of the same name.
+
+  `queries_per_task` records how many queries of one task each row holds (its
+  preprocessors group them: `fewshot.group_queries`), read back by `queries_per_task`.
+  """
   if name in seqio.TaskRegistry.names():
     logging.debug("Replacing seqio task %s", name)
     seqio.TaskRegistry.remove(name)
+  _QUERIES_PER_TASK.pop(name, None)
+  if queries_per_task != 1:
+    _QUERIES_PER_TASK[name] = queries_per_task
   return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def queries_per_task(task_or_mixture) -> int:
+  """Queries per row of a registered task, or of every task of a mixture (they must agree:
+  one batch has one shape)."""
+  provider = (seqio.get_mixture_or_task(task_or_mixture)
+              if isinstance(task_or_mixture, str) else task_or_mixture)
+  subtasks = seqio.get_subtasks(provider)
+  for t in subtasks:
+    feature = t.output_features.get("inputs")
+    if feature is not None and feature.rank == 2 and t.name not in _QUERIES_PER_TASK:
+      raise ValueError(f"task {t.name}: its inputs hold several queries per row, but how many "
+                       "is not recorded; register it with hypert5.data.registry.add_task(..., "
+                       "queries_per_task=Q) or pipelines.register.")
+  counts = {t.name: _QUERIES_PER_TASK.get(t.name, 1) for t in subtasks}
+  if len(set(counts.values())) > 1:
+    raise ValueError(f"{provider.name}: its tasks group different numbers of queries per row "
+                     f"({counts}); register them with one queries_per_task.")
+  return next(iter(counts.values()), 1)
 
 
 def add_mixture(name: str, tasks: Sequence[Union[str, Tuple[str, Rate]]],

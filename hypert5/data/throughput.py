@@ -33,11 +33,14 @@ def measure(name: str, sequence_length: Mapping[str, int], split: str = "train",
   import seqio  # pylint: disable=g-import-not-at-top
   from hypert5.data import converters  # pylint: disable=g-import-not-at-top
   from hypert5.data import performance  # pylint: disable=g-import-not-at-top
+  from hypert5.data import registry  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   provider = seqio.get_mixture_or_task(name)
   converter = converters.converter_for(provider, pack=False)
   ds = provider.get_dataset(dict(sequence_length), split=split, shuffle=shuffle, seed=seed,
-                            num_epochs=None)
+                            num_epochs=None,
+                            # rows of Q queries trim each query in their preprocessors
+                            trim_output_features=registry.queries_per_task(provider) == 1)
   ds = converter(ds, dict(sequence_length)).batch(batch_size, drop_remainder=True)
   it = iter(ds.with_options(performance.tf_data_options(cores)))
   next(it)

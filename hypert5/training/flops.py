@@ -45,10 +45,12 @@ def t5_forward_flops(cfg: T5Config, enc_len: int, dec_len: int, prefix_len: int 
 
 def step_flops(mode: str, cfg: T5Config, batch: int, enc_len: int, dec_len: int,
                hyper_len: int = 0, num_queries: int = 0, prefix_len: int = 0,
-               hyper_body: T5Config | None = None) -> float:
+               hyper_body: T5Config | None = None, queries_per_row: int = 1) -> float:
   """Training-step FLOPs for a batch under a training mode (see training/modes.py);
-  `hyper_body`: the hypermodel's architecture when it differs from `cfg`."""
-  down = t5_forward_flops(cfg, enc_len, dec_len, prefix_len)
+  `hyper_body`: the hypermodel's architecture when it differs from `cfg`;
+  `queries_per_row`: downstream queries per row (hyper rows of several queries share one
+  hypermodel forward)."""
+  down = queries_per_row * t5_forward_flops(cfg, enc_len, dec_len, prefix_len)
   if mode == "full":
     return 3 * batch * down
   if mode == "peft_friendly":  # full's cost (description rows read it as text or as

@@ -165,19 +165,28 @@ class Objective:
     if enable_dropout:
       gen_rng, down_rng = jax.random.split(rng)
     peft = self.generate(trainable, frozen, batch, gen_rng, enable_dropout)
+    encoder, decoder = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    if encoder.ndim == 3:  # [rows, Q, length]: Q queries share their row's parameters
+      queries = encoder.shape[1]
+      encoder, decoder = _flat_queries(encoder), _flat_queries(decoder)
+      if self.mode == "hyper":
+        peft = jax.tree.map(lambda x: jnp.repeat(x, queries, axis=0), peft)
     downstream = self.downstream(trainable, jax.lax.stop_gradient(frozen))
     rngs = {"dropout": down_rng} if enable_dropout else {}
-    return t5.T5(self.t5).apply({"params": downstream}, batch["encoder_input_tokens"],
-                                batch["decoder_input_tokens"], peft, enable_dropout, rngs=rngs)
+    return t5.T5(self.t5).apply({"params": downstream}, encoder, decoder, peft,
+                                enable_dropout, rngs=rngs)
 
   def loss(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
            enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
-    """(sum of token losses, number of target tokens)."""
+    """(sum of token losses, number of target tokens). Rows of several queries
+    (`fewshot.group_queries`: [rows, Q, length] query features) generate once per row."""
     if self.mode == "peft_friendly":
       return self._peft_friendly_loss(trainable, batch, rng, enable_dropout)
     logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
-    return losses.cross_entropy(logits, batch["decoder_target_tokens"],
-                                batch.get("decoder_loss_weights"), self.z_loss)
+    weights = batch.get("decoder_loss_weights")
+    return losses.cross_entropy(logits, _flat_queries(batch["decoder_target_tokens"]),
+                                None if weights is None else _flat_queries(weights),
+                                self.z_loss)
 
   def _peft_friendly_loss(self, trainable, batch, rng, enable_dropout):
     """First half of the batch: description as text; the rest split between the readers
@@ -205,6 +214,12 @@ class Objective:
                                   part.get("decoder_loss_weights"), self.z_loss)
       total, count = total + l, count + w
     return total, count
+
+
+def _flat_queries(tokens: jax.Array) -> jax.Array:
+  """[rows, Q, length] -> [rows * Q, length] (row-major: a row's queries stay together);
+  [rows, length] unchanged."""
+  return tokens.reshape(-1, tokens.shape[-1])
 
 
 def reparam_part(hyper_params: dict) -> dict:

@@ -167,6 +167,22 @@ def examples(name: str, lengths, split: str, n: int = 100, seed: int = 0):
   return list(ds.take(n).as_numpy_iterator())
 
 
+def grouped_batch(name: str, lengths, queries: int, size: int = 2):
+  """One converted training batch of a task or mixture registered with queries_per_task:
+  its query features are [size, queries, length] under one hyper input per row."""
+  from hypert5.data import converters, registry  # pylint: disable=g-import-not-at-top
+  assert registry.queries_per_task(name) == queries
+  out = next(seqio.get_dataset(name, lengths, converters.converter_for(name), "train",
+                               shuffle=False, batch_size=size,
+                               trim_output_features=False).as_numpy_iterator())
+  assert out["hyper_encoder_input_tokens"].shape == (size, lengths["hyper_inputs"])
+  for key in HYPER_KEYS - {"hyper_encoder_input_tokens"}:
+    length = lengths["inputs" if key == "encoder_input_tokens" else "targets"]
+    assert out[key].shape == (size, queries, length), key
+  assert (out["decoder_target_tokens"][..., 0] > 0).all()  # every query is real
+  return out
+
+
 def batch(name: str, lengths, split: str, size: int = 4, seed: int = 0):
   """One converted batch (numpy) of a task or mixture, checked against its lengths."""
   from hypert5.data import converters  # pylint: disable=g-import-not-at-top

@@ -32,6 +32,21 @@ def test_task_json_directory(tmp_path):
   assert len(refs) == 2 and refs[1].startswith("number")
 
 
+def test_training_rows_of_several_queries(tmp_path):
+  root = fx.write_bigbench_dir(tmp_path / "benchmark_tasks")
+  bigbench.register(str(root), k=2, vocabulary="byte", heldout=["colors"],
+                    queries_per_task=2)
+  out = fx.grouped_batch("bigbench_train", LENGTHS, queries=2, size=4)
+  v = get_vocabulary("byte")
+  for hyper, queries in zip(out["hyper_encoder_input_tokens"], out["encoder_input_tokens"]):
+    task = v.decode(hyper.tolist()).split(".")[0]  # "Task counting" / "Task sub_a"
+    texts = [v.decode(q.tolist()) for q in queries]
+    assert all(t.startswith(task.split()[1] + " say") for t in texts), (task, texts)
+    assert len(set(texts)) == 2 and not any(t in v.decode(hyper.tolist()) for t in texts)
+  rows = fx.examples("bigbench_colors", LENGTHS, "validation")  # held out: one per row
+  assert len(rows) == 3 * (8 - 2) and rows[0]["inputs"].ndim == 1
+
+
 def test_jsonl_gz_of_tasks(tmp_path):
   path = fx.write_bigbench_jsonl(tmp_path / "tasks.jsonl.gz")
   names = bigbench.register(str(path), k=2, vocabulary="byte", heldout=["counting"])

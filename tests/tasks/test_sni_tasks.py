@@ -35,6 +35,17 @@ def test_train_and_test_mixtures(sni_dir):
         v.decode(ex["inputs"].tolist()).split()[::-1])  # the first output
 
 
+def test_training_rows_of_several_instances(sni_dir):
+  sni.register(str(sni_dir), k=2, vocabulary="byte", queries_per_task=3)
+  out = fx.grouped_batch("sni_train", LENGTHS, queries=3)
+  v = get_vocabulary("byte")
+  for hyper, queries in zip(out["hyper_encoder_input_tokens"], out["encoder_input_tokens"]):
+    assert v.decode(hyper.tolist()).startswith("Repeat the input backwards")
+    texts = [v.decode(q.tolist()) for q in queries]
+    assert len(set(texts)) == 3 and all(t.startswith("item ") for t in texts)
+  fx.batch("sni_test", LENGTHS, "test")  # test tasks keep one instance per row
+
+
 def test_eval_split_keeps_all_references(sni_dir):
   sni.register(str(sni_dir), k=2, vocabulary="byte", max_test_instances=3)
   rows = fx.examples("sni_task003_c", LENGTHS, "test")

@@ -1,12 +1,13 @@
 """The synthetic family: seeded, file-free, held-out members disjoint from training ones."""
 import importlib
 
+import numpy as np
 import pytest
 import seqio
 
 import task_fixtures as fx
 import tasks
-from hypert5.data import get_vocabulary
+from hypert5.data import converters, get_vocabulary, registry
 from tasks import synthetic
 
 BYTES = get_vocabulary("byte")
@@ -51,6 +52,44 @@ def test_tf_training_rows_match_the_members():
     assert r["inputs"].decode() not in xs and len(set(xs)) == family.k
     assert family.min_len <= len(r["inputs"]) <= family.max_len
   assert len({r["task_name"] for r in rows}) > 40  # many members in a short stretch
+
+
+def test_training_rows_of_several_queries_share_their_members_examples():
+  family = synthetic.Family(seed=3, num_train=50, num_heldout=5, queries_per_task=3)
+  by_name = {m.name: m for m in family.train_members}
+  for r in family.train_dataset("train", 100).as_numpy_iterator():
+    member = by_name[r["task_name"].decode()]
+    queries = [x.decode() for x in r["inputs"]]
+    assert [member(x) for x in queries] == [y.decode() for y in r["targets"]]
+    support = [x.decode() for x in r["support_inputs"]]
+    assert len(set(queries + support)) == 3 + family.k  # no query among the examples
+
+  # Registered: the converter's batches hold [Q, length] queries under one hyper input.
+  lengths = family.sequence_lengths("hyper")
+  synthetic.register(seed=3, num_train=50, num_heldout=5, modes=("hyper",),
+                     queries_per_task=3, train_examples=64)
+  try:
+    assert registry.queries_per_task("synthetic_train_q3") == 3
+    assert registry.queries_per_task("synthetic_train") == 1  # its name unchanged
+    assert registry.queries_per_task("synthetic_heldout") == 1
+    converter = converters.converter_for("synthetic_train_q3")
+    batch = next(seqio.get_dataset("synthetic_train_q3", lengths, converter, "train",
+                                   shuffle=False,
+                                   batch_size=8, trim_output_features=False).as_numpy_iterator())
+    assert batch["encoder_input_tokens"].shape == (8, 3, lengths["inputs"])
+    text = lambda ids: bytes(int(i) - 3 for i in ids if 2 < i < 259).decode()
+    for hyper, queries, targets in zip(batch["hyper_encoder_input_tokens"],
+                                       batch["encoder_input_tokens"],
+                                       batch["decoder_target_tokens"]):
+      # Sentinels (ids above the bytes) open each example's input and output.
+      parts = [text(p) for p in np.split(hyper, np.flatnonzero(hyper > 258))[1:]]
+      pairs = list(zip(parts[0::2], parts[1::2]))
+      rows = list(zip(map(text, queries), map(text, targets)))
+      assert len(pairs) == family.k and not {x for x, _ in pairs} & {x for x, _ in rows}
+      # One training member maps the examples and the row's queries alike.
+      assert any(all(m(x) == y for x, y in pairs + rows) for m in by_name.values())
+  finally:
+    synthetic.register()  # back to the default for other tests in this process
 
 
 def test_heldout_tasks_have_one_fixed_support_and_disjoint_queries():

@@ -91,3 +91,30 @@ def test_predictions_share_a_length_and_decode_to_the_text():
   assert len(short) == len(long) == 6
   np.array([short, long])  # what seqio does with them
   assert byte.decode(short) == byte.decode([100, 101]) and byte.decode(long) != byte.decode(short)
+
+
+def test_rows_of_several_queries_share_one_generated_lora(downstream):
+  """[rows, Q, length] query features: one hypermodel forward per row, its LoRA applied to
+  each of the row's Q queries; the same loss as the hyper input written out per query."""
+  obj = modes.Objective("hyper", CFG, HYPER)
+  trainable, frozen = obj.init(jax.random.key(1), downstream)
+  # B (the LoRA head's second output) starts at zero; move the head so the LoRA matters.
+  trainable = {**trainable, "head": jax.tree.map(lambda x: x + 0.5, trainable["head"])}
+  rng = np.random.default_rng(0)
+  rows, q = 3, 4
+  ids = lambda *shape: rng.integers(3, CFG.vocab_size, shape).astype(np.int32)
+  grouped = {"hyper_encoder_input_tokens": ids(rows, 20), "encoder_input_tokens": ids(rows, q, 7),
+             "decoder_target_tokens": ids(rows, q, 5)}
+  grouped["decoder_input_tokens"] = np.concatenate(
+      [np.zeros((rows, q, 1), np.int32), grouped["decoder_target_tokens"][..., :-1]], -1)
+  grouped["decoder_loss_weights"] = np.ones((rows, q, 5), np.int32)
+  written_out = {k: v.reshape(rows * q, -1) for k, v in grouped.items()}
+  written_out["hyper_encoder_input_tokens"] = np.repeat(
+      grouped["hyper_encoder_input_tokens"], q, axis=0)
+  loss, count = obj.loss(trainable, frozen, grouped)
+  loss_out, count_out = obj.loss(trainable, frozen, written_out)
+  np.testing.assert_allclose(loss, loss_out, rtol=1e-6)
+  assert count == count_out == rows * q * 5
+  # Pairing a row's queries with another row's examples changes the loss.
+  other = dict(grouped, hyper_encoder_input_tokens=grouped["hyper_encoder_input_tokens"][::-1])
+  assert abs(float(obj.loss(trainable, frozen, other)[0]) - float(loss)) > 0.1
