@@ -7,7 +7,8 @@ in-process:
                  layout) in training mode peft_friendly (hypert5.training.modes); then
                  frozen
   2 icl          T5-MTF baseline: a T5 trained with the K examples in its input
-  3 hyper        HyperT5-Prefix and HyperT5-LoRA on training tasks (examples only)
+  3 hyper        HyperT5-Prefix and HyperT5-LoRA on training tasks (examples only), each
+                 row 4 queries of a task sharing one hypermodel forward (synthetic_train_q4)
   4 eval         held-out tasks through seqio: zero-shot frozen model (bare query),
                  T5-MTF in context, both hypermodels, oracle (description given)
   5 tune         prefix tuning of held-out task 0 from HyperT5-Prefix's output vs random

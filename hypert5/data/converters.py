@@ -1,7 +1,9 @@
 """Feature converters: task features -> the batch the model and trainer read.
 
 Hyper examples are padded, never packed: the hypermodel generates parameters per row, so
-two examples sharing a row would have to share generated parameters. Plain encoder-decoder
+two examples sharing a row would have to share generated parameters (unless they are
+queries of one task on purpose: rows of Q queries, `fewshot.group_queries`, whose query
+features are [Q, length] under one hyper input). Plain encoder-decoder
 tasks (the T5-MTF baseline) keep seqio's packing via `seqio.EncDecFeatureConverter`.
 """
 from typing import Mapping
@@ -88,16 +90,16 @@ class HyperFeatureConverter(seqio.FeatureConverter):
     query_lengths = {k: lengths.pop(k) for k in self.QUERY_FEATURES}
     ds = seqio.utils.trim_and_pad_dataset(ds, lengths)
 
-    def pad_queries(ex):
+    @tf.autograph.experimental.do_not_convert
+    def convert(ex):
       ex = dict(ex)
       for k, length in query_lengths.items():
         v = ex[k][:, :length]
         v = tf.pad(v, [[0, 0], [0, length - tf.shape(v)[1]]])
         ex[k] = tf.ensure_shape(v, [q, length])
-      return ex
+      return self._convert_example(ex)
 
-    return ds.map(lambda ex: self._convert_example(pad_queries(ex)),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:

@@ -36,6 +36,7 @@ import tensorflow as tf
 from hypert5.data import support as support_lib
 from hypert5.data.errors import DataError, where
 from hypert5.data.features import HYPER_INPUTS
+from hypert5.data.preprocessors import ANSWER_CHOICES
 # Re-exported: choosing a fixed set is pure Python (support.py), used here and by tasks.
 from hypert5.data.support import content_key, select_support, without_support  # noqa: F401
 
@@ -173,6 +174,12 @@ def sample_support(dataset: tf.data.Dataset, *, k: int, pool_size: int = 1024,
 PER_QUERY = ("inputs", "targets")
 
 
+def check_queries_per_task(q: int, source: Optional[str] = None) -> int:
+  if q < 1:
+    raise ValueError(f"{where(path=source)}queries_per_task={q}: must be at least 1.")
+  return q
+
+
 def queries_per_row(dataset: tf.data.Dataset) -> int:
   """Q for rows of [Q] queries (`group_queries`), 1 for rows of one."""
   shape = dataset.element_spec["inputs"].shape
@@ -190,16 +197,14 @@ def group_queries(dataset: tf.data.Dataset, *, queries_per_task: int,
   hold Q queries. Support a source gives (a fixed K-shot set) is the first query's; none of
   the other queries may be among it. Before `sample_support`.
   """
-  q = queries_per_task
-  if q < 1:
-    raise ValueError(f"{where(path=source)}queries_per_task={q}: must be at least 1.")
+  q = check_queries_per_task(queries_per_task, source)
   spec = dataset.element_spec
   if q == 1 or queries_per_row(dataset) == q:
     return dataset
   if spec["inputs"].shape.rank != 0:
     raise DataError(f"{where(path=source)}rows hold {queries_per_row(dataset)} queries, "
                     f"not the {q} asked for; register the task with its source's count.")
-  if "answer_choices" in spec:
+  if ANSWER_CHOICES in spec:
     raise DataError(f"{where(path=source)}multiple-choice rows (answer_choices) are scored "
                     "one per choice, for evaluation; register this split with "
                     "queries_per_task=1.")

@@ -55,7 +55,7 @@ def preprocessors(mode: str, *, k: int, pool_size: int = 1024,
   """
   check_mode(mode)
   fewshot.check_k(k)
-  grouped = mode == "hyper" and queries_per_task > 1
+  grouped = mode == "hyper" and fewshot.check_queries_per_task(queries_per_task, source) > 1
   steps = []
   if grouped:
     steps.append(functools.partial(fewshot.group_queries, queries_per_task=queries_per_task,

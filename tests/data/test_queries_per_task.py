@@ -45,6 +45,8 @@ def test_group_queries_makes_rows_of_one_task_and_drops_partial_windows():
   assert fewshot.group_queries(grouped, queries_per_task=4) is grouped  # already grouped
   with pytest.raises(DataError, match="rows hold 4 queries, not the 2"):
     fewshot.group_queries(grouped, queries_per_task=2)
+  with pytest.raises(ValueError, match="toy: queries_per_task=0: must be at least 1"):
+    pipelines.preprocessors("hyper", k=2, source="toy", queries_per_task=0)
 
 
 def test_one_sampled_support_set_per_row_with_none_of_its_queries():

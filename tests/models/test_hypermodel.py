@@ -223,13 +223,22 @@ def test_hyper_mode_never_touches_the_downstream(downstream, kind, caplog):
   assert any(jax.tree.leaves(changed))
 
 
-def test_sharded_hyper_step_matches_unsharded(downstream):
+def _grouped_batch(queries: int, rows: int = 8):
+  """Rows of several queries (fewshot.group_queries): query features [rows, Q, length]."""
+  batch = _batch(rows * queries)
+  grouped = {k: v.reshape(rows, queries, -1) for k, v in batch.items()}
+  grouped["hyper_encoder_input_tokens"] = batch["hyper_encoder_input_tokens"][:rows]
+  return grouped
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_sharded_hyper_step_matches_unsharded(downstream, queries):
   objective = modes.Objective("hyper", CFG, _hyper_cfg("lora"))
   opt = optimizers.make_optimizer(optimizers.OptimizerConfig(name="adafactor", warmup_steps=1))
   trainable, frozen = objective.init(jax.random.key(1), downstream)
   # Non-zero B so every head gets a gradient.
   state = train_step.create_train_state(opt, trainable, jax.random.key(2))
-  batch = _batch()
+  batch = _batch() if queries == 1 else _grouped_batch(queries)
   fn = train_step.make_train_step(objective, opt, microbatches=2, enable_dropout=False)
   ref_state, ref_metrics = jax.jit(fn)(state, frozen, batch)
   mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, model=2))
