@@ -43,7 +43,9 @@ def test_rejects_packing_and_over_long_features():
 def test_converter_for_picks_by_output_features():
   vocab = seqio.ByteVocabulary(extra_ids=100)
 
-  class _Provider:
+  class _Provider:  # a mixture of no tasks: one query per row
+    name, tasks = "fake", ()
+
     def __init__(self, output_features):
       self.output_features = output_features
 
