@@ -94,9 +94,7 @@ class Family:
     if not 1 <= self.min_len <= self.max_len:
       raise ValueError(f"synthetic: need 1 <= min_len <= max_len, got {self.min_len}, "
                        f"{self.max_len}.")
-    if self.queries_per_task < 1:
-      raise ValueError(f"synthetic: queries_per_task={self.queries_per_task}: must be at "
-                       "least 1.")
+    fewshot.check_queries_per_task(self.queries_per_task, source="synthetic")
     if self.num_subs > len(self.alphabet) // 2:
       raise ValueError(f"synthetic: num_subs={self.num_subs} is too many for "
                        f"{len(self.alphabet)} letters.")
