@@ -100,12 +100,16 @@ def register(data_dir: str, k: int = 16, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
              train_tasks: Optional[Sequence[str]] = None,
              test_tasks: Optional[Sequence[str]] = None,
              train_seed: int = 100, test_k: int = 16, test_seed: int = 100,
-             pool_size: int = 1024, seed: int = 0) -> Dict[str, List[str]]:
+             pool_size: int = 1024, seed: int = 0,
+             queries_per_task: int = 1) -> Dict[str, List[str]]:
   """Registers MetaICL train and test tasks and the metaicl_train / metaicl_test mixtures.
 
   The split is `split_config` (a MetaICL config JSON path or dict), else the lists. A
   train task reads its `<task>_<k>_<train_seed>_train.jsonl` with the largest k; a test
-  task its `<task>_<test_k>_<test_seed>_{train,dev,test}.jsonl`. Returns hyper-mode names.
+  task its `<task>_<test_k>_<test_seed>_{train,dev,test}.jsonl`. `queries_per_task` > 1
+  makes each row of a train task Q of its examples sharing one sampled support set and one
+  hypermodel forward (`fewshot.group_queries`); test tasks keep one. Returns hyper-mode
+  names.
   """
   fewshot.check_k(k)
   train_list, test_list = _split_lists(split_config, train_tasks, test_tasks)
@@ -127,7 +131,7 @@ def register(data_dir: str, k: int = 16, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     source = sources.RowsSource(load, ("train",), task=f"{PREFIX}_{name}")
     chosen["train"].append(pipelines.register(
         PREFIX, name, source, kind=pipelines.GENERATIVE, vocabulary=vocabulary, k=k,
-        modes=modes, pool_size=pool_size, source_desc=path))
+        modes=modes, pool_size=pool_size, source_desc=path, queries_per_task=queries_per_task))
   for task in test_list:
     files = _files(data_dir, task)
     support_path = files.get((test_k, test_seed, "train"))

@@ -140,11 +140,14 @@ def register(data_dir: str, k: int = 4, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
              eval_datasets: Sequence[str] = T0_EVAL_DATASETS,
              eval_split: str = "validation", support_split: str = "train",
              support_pool: int = 1024, pool_size: int = 1024, seed: int = 0,
-             ) -> Dict[str, List[str]]:
+             queries_per_task: int = 1) -> Dict[str, List[str]]:
   """Registers the P3 prompted tasks of the given datasets and the two mixtures.
 
   A prompted task of an eval dataset is multiple choice when its first `eval_split` record
-  has `answer_choices`. Returns {"train": [...], "eval": [...]} hyper-mode task names.
+  has `answer_choices`. `queries_per_task` > 1 makes each row of a training task Q of its
+  examples sharing one sampled support set and one hypermodel forward
+  (`fewshot.group_queries`); eval tasks keep one. Returns {"train": [...], "eval": [...]}
+  hyper-mode task names.
   """
   fewshot.check_k(k)
   root = _prompted_dir(data_dir)
@@ -176,7 +179,8 @@ def register(data_dir: str, k: int = 4, vocabulary=vocab_lib.DEFAULT_SPM_PATH,
     names = pipelines.register(
         PREFIX, name, source,
         kind=pipelines.RANK if multiple_choice else pipelines.GENERATIVE,
-        vocabulary=vocabulary, k=k, modes=modes, pool_size=pool_size, source_desc=directory)
+        vocabulary=vocabulary, k=k, modes=modes, pool_size=pool_size, source_desc=directory,
+        queries_per_task=queries_per_task if group == "train" else 1)
     chosen[group].append(names)
   pipelines.register_mixtures(PREFIX, "t0_train", chosen["train"], modes)
   pipelines.register_mixtures(PREFIX, "t0_eval", chosen["eval"], modes)

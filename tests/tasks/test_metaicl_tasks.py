@@ -3,7 +3,7 @@ import pytest
 import seqio
 
 import task_fixtures as fx
-from hypert5.data import DataError, get_vocabulary
+from hypert5.data import DataError, get_vocabulary, registry
 from tasks import metaicl
 
 LENGTHS = {"hyper_inputs": 256, "inputs": 48, "targets": 16}
@@ -34,6 +34,20 @@ def test_train_and_test_tasks_from_config(metaicl_dir):
   assert len(gen) == 6 and v.decode(gen[0]["targets"].tolist()) == "summary 0"
   assert [f.__name__ for f in seqio.get_mixture_or_task("metaicl_samsum").metric_fns] == [
       "rouge_l", "exact_match"]
+
+
+def test_train_rows_of_several_queries(metaicl_dir):
+  metaicl.register(str(metaicl_dir), k=4, test_k=4, vocabulary="byte", queries_per_task=2,
+                   split_config=str(metaicl_dir / "config" / "tiny.json"))
+  out = fx.grouped_batch("metaicl_train", LENGTHS, queries=2)
+  v = get_vocabulary("byte")
+  for hyper, queries in zip(out["hyper_encoder_input_tokens"], out["encoder_input_tokens"]):
+    hyper = v.decode(hyper.tolist())
+    texts = [v.decode(q.tolist()) for q in queries]
+    task = texts[0].split(" ")[0]
+    assert len(set(texts)) == 2 and all(t.startswith(task + " ") for t in texts)
+    assert hyper.count(task) == 4 and not any(t in hyper for t in texts)
+  assert registry.queries_per_task("metaicl_samsum") == 1  # test tasks: one per row
 
 
 def test_k_larger_than_the_k_shot_file(metaicl_dir):

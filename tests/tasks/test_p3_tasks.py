@@ -7,6 +7,7 @@ import tensorflow as tf
 import task_fixtures as fx
 from hypert5.data import DataError, get_vocabulary
 from hypert5.data import metrics
+from hypert5.data import registry
 from tasks import p3
 
 LENGTHS = {"hyper_inputs": 256, "inputs": 64, "targets": 8}
@@ -32,6 +33,19 @@ def test_registers_t0_train_and_eval(p3_dir):
   assert query not in hyper  # never the query itself
   assert hyper.count(query.split(" train")[0]) == 2  # K=2 examples of the same task
   assert v.decode(out["decoder_target_tokens"][0].tolist()).startswith("label")  # stripped
+
+
+def test_training_rows_of_several_queries(p3_dir):
+  p3.register(str(p3_dir), k=2, vocabulary="byte", queries_per_task=3)
+  out = fx.grouped_batch("p3_t0_train", LENGTHS, queries=3)
+  v = get_vocabulary("byte")
+  for hyper, queries in zip(out["hyper_encoder_input_tokens"], out["encoder_input_tokens"]):
+    hyper = v.decode(hyper.tolist())
+    texts = [v.decode(q.tolist()) for q in queries]
+    prompt = texts[0].split(" train")[0]
+    assert len(set(texts)) == 3 and all(t.startswith(prompt + " train") for t in texts)
+    assert hyper.count(prompt) == 2 and not any(t in hyper for t in texts)
+  assert registry.queries_per_task("p3_super_glue_rte_GPT_3_style") == 1  # eval: one per row
 
 
 def test_eval_task_rank_rows_share_one_fixed_support(p3_dir):
