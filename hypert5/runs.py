@@ -72,6 +72,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
                mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
                eval_mixture: str | None = None, eval_split: str = "validation",
                eval_batch_size: int = 32, num_beams: int = 1, z_loss: float = 0.0,
+               text_fraction: float = 0.5,
                init_from: str | None = None, init_head_from: str | None = None,
                description_length: int | None = None,
                shuffle_buffer_size: int | None = None,
@@ -85,6 +86,8 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   run's MODEL_DIR whose description reader (queries and head) HyperT5 starts as.
   `description_length` (peft_friendly) caps the description tokens its readers read (default:
   the oracle inputs' length); a longer description is an error, never silently cut.
+  `text_fraction` (peft_friendly) is the share of each batch that reads the description as
+  text; the description readers share the rest.
   `shuffle_buffer_size` sets every training task's shuffle buffer (examples per task, per
   host; default: each task's own, seqio's 1,000): lower it for mixtures of many tasks.
   `task_registrations` are configured
@@ -104,7 +107,7 @@ def experiment(model_dir: str = gin.REQUIRED, mode: str = "hyper",
   try:
     objective = (runs_llama.objective(mode, model, hyper, z_loss)
                  if runs_llama.is_decoder_only(model, hyper) else
-                 modes.Objective(mode, model, hyper, z_loss))
+                 modes.Objective(mode, model, hyper, z_loss, text_fraction))
   except ValueError as e:
     raise UsageError(str(e)) from e
   return Experiment(model_dir, objective, mixture, dict(task_feature_lengths), batch_size,

@@ -13,8 +13,8 @@ optimizer, so it costs its own memory only):
 - `peft_friendly`: trainable = {"t5": the downstream T5, "reparam": {"prefix": ...,
             "lora": ...}, each a HyperT5's queries and head}; frozen = {}. A T5-MTF variant
             that teaches the downstream to read generated parameters before it is frozen:
-            on oracle rows (description + query), half of each batch reads the description
-            as ordinary tokens; the rest reads the bare query with the description turned
+            on oracle rows (description + query), half of each batch (`text_fraction`)
+            reads the description as ordinary tokens; the rest reads the bare query with the description turned
             into a prefix (one quarter) or a LoRA (the other) by a description reader: a
             HyperT5 whose body is the T5 itself and whose queries and head are
             `reparam[kind]`. At small scale a hypermodel over a downstream that never saw
@@ -61,10 +61,16 @@ class Objective:
   t5: T5Config
   hyper: hypermodel.HyperT5Config | None = None
   z_loss: float = 0.0
+  # peft_friendly: the share of each batch that reads the description as ordinary tokens;
+  # the rest is split evenly between the description readers.
+  text_fraction: float = 0.5
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown training mode {self.mode!r}; expected one of {MODES}")
+    if not 0.0 <= self.text_fraction < 1.0:
+      raise ValueError(f"text_fraction={self.text_fraction}: expected a share in [0, 1) of "
+                       "each peft_friendly batch (the rest goes to the description readers)")
     if self.mode != "full" and self.hyper is None:
       raise ValueError(f"training mode {self.mode!r} needs a HyperT5Config (hyper=...) for "
                        "the shapes of the generated parameters")
@@ -189,11 +195,11 @@ class Objective:
                                 self.z_loss)
 
   def _peft_friendly_loss(self, trainable, batch, rng, enable_dropout):
-    """First half of the batch: description as text; the rest split between the readers
-    (description as a prefix, as a LoRA)."""
+    """The first `text_fraction` of the batch: description as text; the rest split between
+    the readers (description as a prefix, as a LoRA)."""
     n = batch["encoder_input_tokens"].shape[0]
-    half = n // 2
-    bounds = [0] + [half + i * (n - half) // len(READERS) for i in range(len(READERS) + 1)]
+    text = int(round(n * self.text_fraction))
+    bounds = [0] + [text + i * (n - text) // len(READERS) for i in range(len(READERS) + 1)]
     parts = list(zip((None,) + READERS, bounds[:-1], bounds[1:]))  # None: as text
     rngs = ([{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout
             else [{}] * len(parts))

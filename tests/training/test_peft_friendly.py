@@ -42,13 +42,16 @@ def _reader_params(kind, trainable, downstream):
   return {**hypermodel.body_of(downstream), **trainable["reparam"][kind]}
 
 
-def test_loss_is_text_half_plus_prefix_and_lora_quarters():
+@pytest.mark.parametrize("text_fraction,bounds", [(0.5, (2, 3)), (0.25, (1, 2))])
+def test_loss_is_text_share_plus_prefix_and_lora_shares(text_fraction, bounds):
+  """Rows [0, t) read the description as text, [t, p) as a prefix, [p, 4) as a LoRA."""
+  t, p = bounds
   _, vocab, inputs, targets = _oracle_rows(4)
   desc, query = fewshot.split_oracle(inputs, vocab.vocab_size, 64, 11)
   dec = np.concatenate([np.zeros((4, 1), np.int32), targets[:, :-1]], 1)
   batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": dec,
            "decoder_target_tokens": targets, "description_tokens": desc, "query_tokens": query}
-  obj = modes.Objective("peft_friendly", CFG, HYPER)
+  obj = modes.Objective("peft_friendly", CFG, HYPER, text_fraction=text_fraction)
   downstream = t5.init_params(CFG, jax.random.key(0))
   trainable, frozen = obj.init(jax.random.key(1), downstream)
   assert frozen == {} and obj.trains_downstream
@@ -64,22 +67,27 @@ def test_loss_is_text_half_plus_prefix_and_lora_quarters():
       lambda p: obj.loss(p, frozen, batch), has_aux=True))(trainable)
 
   model = t5.T5(CFG)
-  text = model.apply({"params": downstream}, inputs[:2], dec[:2])
-  # Rows 2 and 3 read the description as HyperT5-Prefix / -LoRA over it (body = this T5).
+  text = model.apply({"params": downstream}, inputs[:t], dec[:t])
+  # The other rows read the description as HyperT5-Prefix / -LoRA over it (body = this T5).
   prefix = hypermodel.HyperT5(HYPER).apply(
-      {"params": _reader_params("prefix", trainable, downstream)}, desc[2:3])
+      {"params": _reader_params("prefix", trainable, downstream)}, desc[t:p])
   lora = hypermodel.HyperT5(HYPER.replace(peft_type="lora")).apply(
-      {"params": _reader_params("lora", trainable, downstream)}, desc[3:])
-  as_prefix = model.apply({"params": downstream}, query[2:3], dec[2:3], prefix)
-  as_lora = model.apply({"params": downstream}, query[3:], dec[3:], lora)
-  parts = [losses.cross_entropy(text, targets[:2]), losses.cross_entropy(as_prefix, targets[2:3]),
-           losses.cross_entropy(as_lora, targets[3:])]
+      {"params": _reader_params("lora", trainable, downstream)}, desc[p:])
+  as_prefix = model.apply({"params": downstream}, query[t:p], dec[t:p], prefix)
+  as_lora = model.apply({"params": downstream}, query[p:], dec[p:], lora)
+  parts = [losses.cross_entropy(text, targets[:t]), losses.cross_entropy(as_prefix, targets[t:p]),
+           losses.cross_entropy(as_lora, targets[p:])]
   np.testing.assert_allclose(total, sum(l for l, _ in parts), rtol=1e-5)
   assert count == sum(w for _, w in parts)
   # Every part trains the T5, and each reader gets gradients through its rows.
   for kind in modes.READERS:
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["reparam"][kind])), kind
   assert float(jnp.abs(grads["t5"]["token_embedder"]["embedding"]).max()) > 0
+
+
+def test_text_fraction_must_leave_rows_to_the_readers():
+  with pytest.raises(ValueError, match="text_fraction=1.0"):
+    modes.Objective("peft_friendly", CFG, HYPER, text_fraction=1.0)
 
 
 def test_reparam_prefix_depends_on_the_description_order():
