@@ -183,6 +183,20 @@ def grouped_batch(name: str, lengths, queries: int, size: int = 2):
   return out
 
 
+def grouped_texts(name: str, lengths, queries: int, size: int = 2):
+  """`grouped_batch` of a byte-vocabulary task decoded: [(hyper input, [Q query texts])],
+  each row's queries checked distinct and absent from its hyper input (its support)."""
+  from hypert5.data import get_vocabulary  # pylint: disable=g-import-not-at-top
+  v = get_vocabulary("byte")
+  out = grouped_batch(name, lengths, queries, size)
+  rows = []
+  for hyper, row in zip(out["hyper_encoder_input_tokens"], out["encoder_input_tokens"]):
+    hyper, texts = v.decode(hyper.tolist()), [v.decode(q.tolist()) for q in row]
+    assert len(set(texts)) == queries and not any(t in hyper for t in texts), (hyper, texts)
+    rows.append((hyper, texts))
+  return rows
+
+
 def batch(name: str, lengths, split: str, size: int = 4, seed: int = 0):
   """One converted batch (numpy) of a task or mixture, checked against its lengths."""
   from hypert5.data import converters  # pylint: disable=g-import-not-at-top
