@@ -6,6 +6,7 @@ import os
 import hypert5
 from hypert5 import demo
 from hypert5.models import configs
+from scripts import load_script
 
 
 def test_quick_demo_writes_table_png_and_adapter(tmp_path):
@@ -35,6 +36,14 @@ def test_quick_demo_writes_table_png_and_adapter(tmp_path):
   assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(adapter))
   lora = hypert5.load_peft_adapter(adapter, configs.get_config("tiny"))
   assert lora.rank == 8
+
+  # benchmarks/reader_accuracy.py on this downstream: teacher-forced exact match with the
+  # description as text is the demo's greedy oracle row, over the same 2 x 64 queries.
+  readers = load_script("benchmarks/reader_accuracy.py").score(
+      os.path.join(out, "runs", "downstream"), tasks=2)
+  assert readers["rows"] == 2 * 64
+  assert abs(readers["text"] - saved["rows"]["oracle"]["exact_match"]) < 1e-9
+  assert all(0.0 <= readers[way] <= 100.0 for way in ("prefix", "lora"))
 
 
 def test_copy_reference_scores_the_evaluated_queries():
