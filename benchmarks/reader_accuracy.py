@@ -9,11 +9,12 @@ description perfectly from the examples would start from.
   .venv/bin/python benchmarks/reader_accuracy.py --downstream_dir DIR/runs/downstream \
       --tasks 32 --split heldout
 
-Scores the oracle rows (description + query) of the first --tasks held-out tasks (mean
-over tasks of their validation queries, as the demo's table), or --rows rows of the
-training mixture (--split train), three ways with the same downstream. Exact match is computed under teacher forcing: every target
-token the argmax, which is exactly when greedy decoding returns the target (so the text
-score equals the demo's oracle row). Prints and writes JSON (--out).
+Scores the oracle rows (description + query) of the first --tasks held-out tasks (mean over
+tasks of their validation queries, as the demo's table), or --rows rows of the training
+mixture (--split train), three ways with the same downstream. Exact match is computed under
+teacher forcing: every target token the argmax, which is exactly when greedy decoding
+returns the target (so the text score equals the demo's oracle row). Prints and writes JSON
+(--out).
 """
 from __future__ import annotations
 

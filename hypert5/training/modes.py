@@ -11,19 +11,19 @@ optimizer, so it costs its own memory only):
             row); frozen = the downstream T5. Initialised randomly or from HyperT5's
             generated values (the paper's hyper-init).
 - `peft_friendly`: trainable = {"t5": the downstream T5, "reparam": {"prefix": ...,
-            "lora": ...}, each a HyperT5's queries and head}; frozen = {}. A T5-MTF variant
-            that teaches the downstream to read generated parameters before it is frozen:
-            on oracle rows (description + query), half of each batch (`text_fraction`)
-            reads the description as ordinary tokens; the rest reads the bare query with the description turned
-            into a prefix (one quarter) or a LoRA (the other) by a description reader: a
-            HyperT5 whose body is the T5 itself and whose queries and head are
-            `reparam[kind]`. At small scale a hypermodel over a downstream that never saw
-            generated parameters learns almost nothing; HyperT5-Prefix / -LoRA start as
-            these readers (body from the T5, queries and head from `reparam`:
-            runs.init_head_from), so they only have to learn to read examples where they
-            read descriptions. The reader encodes the description first: a per-token
-            prefix carries no order (prefix positions get no position bias), so "a>d c>k"
-            would arrive as a bag of letters.
+            "lora": ...}, each a HyperT5's queries and head}; frozen = {}. A T5-MTF
+            variant that teaches the downstream to read generated parameters before it is
+            frozen: on oracle rows (description + query), half of each batch
+            (`text_fraction`) reads the description as ordinary tokens; the rest reads the
+            bare query with the description turned into a prefix (one quarter) or a LoRA
+            (the other) by a description reader: a HyperT5 whose body is the T5 itself and
+            whose queries and head are `reparam[kind]`. At small scale a hypermodel over a
+            downstream that never saw generated parameters learns almost nothing;
+            HyperT5-Prefix / -LoRA start as these readers (body from the T5, queries and
+            head from `reparam`: runs.init_head_from), so they only have to learn to read
+            examples where they read descriptions. The reader encodes the description
+            first: a per-token prefix carries no order (prefix positions get no position
+            bias), so "a>d c>k" would arrive as a bag of letters.
 
 Batches are dicts in the feature converter's layout (hyper_encoder_input_tokens,
 encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights).
@@ -198,7 +198,7 @@ class Objective:
     """The first `text_fraction` of the batch: description as text; the rest split between
     the readers (description as a prefix, as a LoRA)."""
     n = batch["encoder_input_tokens"].shape[0]
-    text = int(round(n * self.text_fraction))
+    text = int(n * self.text_fraction)  # rounded down: n // 2 at the default
     bounds = [0] + [text + i * (n - text) // len(READERS) for i in range(len(READERS) + 1)]
     parts = list(zip((None,) + READERS, bounds[:-1], bounds[1:]))  # None: as text
     rngs = ([{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout
