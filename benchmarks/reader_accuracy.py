@@ -44,6 +44,10 @@ def score(downstream_dir: str, tasks: int = 32, split: str = "heldout",
   from hypert5.training import model_io, peft_io
   from tasks import synthetic
 
+  for path in ("hf", runs.REPARAM_FILE):
+    if not os.path.exists(os.path.join(downstream_dir, path)):
+      raise SystemExit(f"reader_accuracy: {os.path.join(downstream_dir, path)} not found; "
+                       "point --downstream_dir at a finished demo's runs/downstream")
   mixture = "synthetic_oracle_train"
   main.parse_gin(["experiments/demo_downstream.gin"],
                  [f"MODEL_DIR='{downstream_dir}'", f"MIXTURE='{mixture}'"])

@@ -3,6 +3,8 @@ tasks) and writes the table, the tuning-curve PNG and a PEFT adapter that loads 
 import json
 import os
 
+import pytest
+
 import hypert5
 from hypert5 import demo
 from hypert5.models import configs
@@ -44,6 +46,15 @@ def test_quick_demo_writes_table_png_and_adapter(tmp_path):
   assert readers["rows"] == 2 * 64
   assert abs(readers["text"] - saved["rows"]["oracle"]["exact_match"]) < 1e-9
   assert all(0.0 <= readers[way] <= 100.0 for way in ("prefix", "lora"))
+  train = load_script("benchmarks/reader_accuracy.py").score(
+      os.path.join(out, "runs", "downstream"), split="train", rows=64)
+  assert train["rows"] == 64
+  assert all(0.0 <= train[way] <= 100.0 for way in ("text", "prefix", "lora"))
+
+
+def test_reader_accuracy_names_a_missing_downstream(tmp_path):
+  with pytest.raises(SystemExit, match=r"downstream/hf not found"):
+    load_script("benchmarks/reader_accuracy.py").score(str(tmp_path / "downstream"))
 
 
 def test_copy_reference_scores_the_evaluated_queries():
