@@ -40,7 +40,6 @@ def score(downstream_dir: str, tasks: int = 32, split: str = "heldout",
   import seqio
   import tasks as tasks_lib  # noqa: F401  registers the synthetic tasks
   from hypert5 import main, runs
-  from hypert5.models import t5 as t5_lib
   from hypert5.training import model_io, peft_io
   from tasks import synthetic
 
@@ -57,19 +56,12 @@ def score(downstream_dir: str, tasks: int = 32, split: str = "heldout",
   reparam = peft_io.load_tree_safetensors(os.path.join(downstream_dir, runs.REPARAM_FILE))
   trainable = {"t5": t5_params, "reparam": reparam}
   split_oracle = runs._oracle_splitter(exp)  # pylint: disable=protected-access
-  model = t5_lib.T5(obj.t5)
 
   @jax.jit
   def exact(trainable, batch):
     out = {}
     for way in WAYS:
-      if way == "text":
-        inputs, peft = batch["encoder_input_tokens"], None
-      else:
-        inputs = batch["query_tokens"]
-        peft = obj.read_description(trainable, way, batch["description_tokens"])
-      logits = model.apply({"params": trainable["t5"]}, inputs, batch["decoder_input_tokens"],
-                           peft)
+      logits = obj.oracle_logits(trainable, None if way == "text" else way, batch)
       right = ((logits.argmax(-1) == batch["decoder_target_tokens"])
                | (batch["decoder_loss_weights"] == 0))
       out[way] = right.all(-1).sum()

@@ -41,13 +41,13 @@ def test_quick_demo_writes_table_png_and_adapter(tmp_path):
 
   # benchmarks/reader_accuracy.py on this downstream: teacher-forced exact match with the
   # description as text is the demo's greedy oracle row, over the same 2 x 64 queries.
-  readers = load_script("benchmarks/reader_accuracy.py").score(
-      os.path.join(out, "runs", "downstream"), tasks=2)
+  reader_accuracy = load_script("benchmarks/reader_accuracy.py")
+  readers = reader_accuracy.score(os.path.join(out, "runs", "downstream"), tasks=2)
   assert readers["rows"] == 2 * 64
   assert abs(readers["text"] - saved["rows"]["oracle"]["exact_match"]) < 1e-9
   assert all(0.0 <= readers[way] <= 100.0 for way in ("prefix", "lora"))
-  train = load_script("benchmarks/reader_accuracy.py").score(
-      os.path.join(out, "runs", "downstream"), split="train", rows=64)
+  train = reader_accuracy.score(os.path.join(out, "runs", "downstream"), split="train",
+                               rows=64)
   assert train["rows"] == 64
   assert all(0.0 <= train[way] <= 100.0 for way in ("text", "prefix", "lora"))
 

@@ -165,6 +165,19 @@ class Objective:
     params = {**hypermodel.body_of(trainable["t5"]), **trainable["reparam"][kind]}
     return hypermodel.HyperT5(self.reader(kind)).apply({"params": params}, description_tokens)
 
+  def oracle_logits(self, trainable, kind: str | None, batch: dict,
+                    enable_dropout: bool = False, rngs: dict | None = None) -> jax.Array:
+    """peft_friendly: the downstream's logits on oracle rows, the description read as text
+    (`kind` None: description + query) or by the `kind` reader (bare query + its output)."""
+    if kind is None:
+      inputs, peft = batch["encoder_input_tokens"], None
+    else:
+      inputs = batch["query_tokens"]
+      peft = self.read_description(trainable, kind, batch["description_tokens"])
+    return t5.T5(self.t5).apply({"params": trainable["t5"]}, inputs,
+                                batch["decoder_input_tokens"], peft, enable_dropout,
+                                rngs=rngs or {})
+
   def logits(self, trainable, frozen, batch: dict, rng: jax.Array | None = None,
              enable_dropout: bool = False) -> jax.Array:
     gen_rng = down_rng = None
@@ -203,19 +216,12 @@ class Objective:
     parts = list(zip((None,) + READERS, bounds[:-1], bounds[1:]))  # None: as text
     rngs = ([{"dropout": r} for r in jax.random.split(rng, len(parts))] if enable_dropout
             else [{}] * len(parts))
-    model = t5.T5(self.t5)
     total, count = 0.0, 0.0
     for (kind, lo, hi), r in zip(parts, rngs):
       if hi == lo:  # a tiny batch leaves a reader without rows
         continue
       part = {k: v[lo:hi] for k, v in batch.items()}
-      if kind is None:
-        inputs, peft = part["encoder_input_tokens"], None
-      else:
-        inputs = part["query_tokens"]
-        peft = self.read_description(trainable, kind, part["description_tokens"])
-      logits = model.apply({"params": trainable["t5"]}, inputs, part["decoder_input_tokens"],
-                           peft, enable_dropout, rngs=r)
+      logits = self.oracle_logits(trainable, kind, part, enable_dropout, r)
       l, w = losses.cross_entropy(logits, part["decoder_target_tokens"],
                                   part.get("decoder_loss_weights"), self.z_loss)
       total, count = total + l, count + w
