@@ -174,7 +174,7 @@ def queries_per_row(exp: Experiment) -> int:
 def training_dataset(exp: Experiment, converter: Any, seed: int | None = None):
   """MIXTURE's endless, shuffled training batches of this host's share, as tf.data."""
   import seqio
-  from hypert5.data import performance
+  from hypert5.data import performance, registry
   num_hosts = jax.process_count()
   if exp.batch_size % num_hosts:
     raise UsageError(f"batch_size {exp.batch_size} does not divide over {num_hosts} hosts")
@@ -185,9 +185,7 @@ def training_dataset(exp: Experiment, converter: Any, seed: int | None = None):
         num_epochs=None, seed=exp.trainer.seed if seed is None else seed,
         batch_size=exp.batch_size // num_hosts, verbose=False,
         shard_info=seqio.ShardInfo(jax.process_index(), num_hosts),
-        # seqio's trim cuts a feature's first axis, which rows of several queries hold
-        # [Q, length] in; their preprocessors trim each query themselves.
-        trim_output_features=queries_per_row(exp) == 1)
+        trim_output_features=registry.trims_output_features(provider))
   return ds.with_options(performance.tf_data_options())
 
 

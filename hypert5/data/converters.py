@@ -124,8 +124,7 @@ def _shift_right(targets: tf.Tensor, bos_id: int) -> tf.Tensor:
 
 def converter_for(task_or_mixture, pack: bool = True) -> seqio.FeatureConverter:
   """The converter matching a task's output features (hyper tasks are never packed)."""
-  provider = (seqio.get_mixture_or_task(task_or_mixture)
-              if isinstance(task_or_mixture, str) else task_or_mixture)
+  provider = registry.provider_of(task_or_mixture)
   if features_lib.HYPER_INPUTS in provider.output_features:
     return HyperFeatureConverter(queries_per_task=registry.queries_per_task(provider))
   return seqio.EncDecFeatureConverter(pack=pack)

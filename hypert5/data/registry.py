@@ -30,11 +30,17 @@ def add_task(name: str, queries_per_task: int = 1, **kwargs) -> seqio.Task:
   return seqio.TaskRegistry.add(name, **kwargs)
 
 
+def provider_of(task_or_mixture) -> seqio.DatasetProviderBase:
+  """A registered task or mixture, by name or as itself."""
+  if isinstance(task_or_mixture, str):
+    return seqio.get_mixture_or_task(task_or_mixture)
+  return task_or_mixture
+
+
 def queries_per_task(task_or_mixture) -> int:
   """Queries per row of a registered task, or of every task of a mixture (they must agree:
   one batch has one shape)."""
-  provider = (seqio.get_mixture_or_task(task_or_mixture)
-              if isinstance(task_or_mixture, str) else task_or_mixture)
+  provider = provider_of(task_or_mixture)
   subtasks = seqio.get_subtasks(provider)
   for t in subtasks:
     feature = t.output_features.get("inputs")
@@ -47,6 +53,13 @@ def queries_per_task(task_or_mixture) -> int:
     raise ValueError(f"{provider.name}: its tasks group different numbers of queries per row "
                      f"({counts}); register them with one queries_per_task.")
   return next(iter(counts.values()), 1)
+
+
+def trims_output_features(task_or_mixture) -> bool:
+  """What to pass seqio's `trim_output_features`: seqio's trim cuts a feature's first axis,
+  which rows of several queries hold [Q, length] in, so their preprocessors trim each
+  query themselves and seqio must not."""
+  return queries_per_task(task_or_mixture) == 1
 
 
 def add_mixture(name: str, tasks: Sequence[Union[str, Tuple[str, Rate]]],

@@ -39,8 +39,7 @@ def measure(name: str, sequence_length: Mapping[str, int], split: str = "train",
   converter = converters.converter_for(provider, pack=False)
   ds = provider.get_dataset(dict(sequence_length), split=split, shuffle=shuffle, seed=seed,
                             num_epochs=None,
-                            # rows of Q queries trim each query in their preprocessors
-                            trim_output_features=registry.queries_per_task(provider) == 1)
+                            trim_output_features=registry.trims_output_features(provider))
   ds = converter(ds, dict(sequence_length)).batch(batch_size, drop_remainder=True)
   it = iter(ds.with_options(performance.tf_data_options(cores)))
   next(it)
