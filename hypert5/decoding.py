@@ -38,12 +38,12 @@ def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
       return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), cache
     return step, {}
 
+  # The init pass on a full-length input shapes the self-attention caches (zeros) and
+  # fills the cross-attention ones with the encoded keys and values; its logits are unused,
+  # so XLA drops the rest of that pass.
   n = encoded.shape[0]
-  shapes = jax.eval_shape(
-      lambda: apply({"params": params}, encoded, encoder_tokens,
-                    jnp.zeros((n, max_length), jnp.int32), peft, decode=True,
-                    mutable=["cache"])[1]["cache"])
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  cache = apply({"params": params}, encoded, encoder_tokens, jnp.zeros((n, max_length), jnp.int32),
+                peft, decode=True, mutable=["cache"])[1]["cache"]
 
   def step(dec_tokens, i, cache):
     token = jax.lax.dynamic_slice_in_dim(dec_tokens, i, 1, axis=1)
@@ -125,8 +125,12 @@ def beam_search(model: T5, params, encoder_tokens: Array, max_length: int, peft=
   batch_axis = 1 if model.config.scan_layers else 0
 
   def gather_cache(cache, flat_idx):
-    return jax.tree.map(
-        lambda x: jnp.take(x, flat_idx, axis=batch_axis) if x.ndim >= 4 else x, cache)
+    # A row's beams share its encoded input, so its cross-attention cache needs no gather.
+    def gather(path, x):
+      if x.ndim < 4 or any(getattr(p, "key", None) == "encoder_decoder_attention" for p in path):
+        return x
+      return jnp.take(x, flat_idx, axis=batch_axis)
+    return jax.tree_util.tree_map_with_path(gather, cache)
 
   def normalize(log_probs, length):
     return log_probs / (length.astype(jnp.float32) ** length_penalty)
