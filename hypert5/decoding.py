@@ -39,8 +39,9 @@ def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
     return step, {}
 
   # The init pass on a full-length input shapes the self-attention caches (zeros) and
-  # fills the cross-attention ones with the encoded keys and values; its logits are unused,
-  # so XLA drops the rest of that pass.
+  # fills the cross-attention ones with the encoded keys and values. Its logits are unused,
+  # so under jax.jit (as evaluation.Predictor calls these) XLA drops the rest of that pass;
+  # called eagerly it costs one decoder forward over max_length positions.
   n = encoded.shape[0]
   cache = apply({"params": params}, encoded, encoder_tokens, jnp.zeros((n, max_length), jnp.int32),
                 peft, decode=True, mutable=["cache"])[1]["cache"]
