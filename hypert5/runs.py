@@ -193,7 +193,8 @@ def train_batches(exp: Experiment, start: int = 0, seed: int | None = None) -> I
   """Deterministic, endless batches of this host's share; skips `start` batches (resume)."""
   ds = training_dataset(exp, _converter(exp.mixture), seed)
   split = _oracle_splitter(exp) if exp.objective.mode == "peft_friendly" else None
-  for batch in ds.skip(start).as_numpy_iterator():
+  from hypert5.data import performance
+  for batch in performance.numpy_batches(ds.skip(start)):
     batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}
     yield split(batch) if split else batch
 

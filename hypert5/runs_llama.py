@@ -144,8 +144,9 @@ def batch_shapes(exp: runs.Experiment) -> dict[str, tuple[int, int]]:
 
 def train_batches(exp: runs.Experiment, start: int = 0) -> Iterator[dict]:
   """runs.train_batches for DecoderOnlyFeatureConverter batches."""
+  from hypert5.data import performance
   ds = runs.training_dataset(exp, converter(exp, exp.mixture))
-  for batch in ds.skip(start).as_numpy_iterator():
+  for batch in performance.numpy_batches(ds.skip(start)):
     yield {k: v for k, v in batch.items() if k in MODEL_KEYS}
 
 
