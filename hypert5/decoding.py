@@ -26,32 +26,50 @@ NEG_INF = -1e9
 
 
 def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
-             max_length: int, use_cache: bool) -> tuple[Callable, dict]:
+             max_length: int, use_cache: bool, beams: int = 1) -> tuple[Callable, dict]:
   """Returns (step(dec_tokens [N, L+1], i, cache) -> (logits [N, V], cache), initial cache).
 
   dec_tokens[:, i] is the input at step i (dec_tokens[:, 0] is the start token 0).
+  `encoded`, `encoder_tokens` and `peft` have one row per input; N = rows * `beams`, each
+  row's beams adjacent.
   """
   apply = functools.partial(model.apply, method=T5.decode)
+  peft_n = peft_lib.repeat_batch(peft, beams)
   if not use_cache:
+    encoded, encoder_tokens = (jnp.repeat(x, beams, axis=0) for x in (encoded, encoder_tokens))
+
     def step(dec_tokens, i, cache):
-      logits = apply({"params": params}, encoded, encoder_tokens, dec_tokens[:, :max_length], peft)
+      logits = apply({"params": params}, encoded, encoder_tokens, dec_tokens[:, :max_length],
+                     peft_n)
       return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), cache
     return step, {}
 
   # The init pass on a full-length input shapes the self-attention caches (zeros) and
-  # fills the cross-attention ones with the encoded keys and values. Its logits are unused,
-  # so under jax.jit (as evaluation.Predictor calls these) XLA drops the rest of that pass;
-  # called eagerly it costs one decoder forward over max_length positions.
-  n = encoded.shape[0]
-  cache = apply({"params": params}, encoded, encoder_tokens, jnp.zeros((n, max_length), jnp.int32),
-                peft, decode=True, mutable=["cache"])[1]["cache"]
+  # fills the cross-attention ones with the encoded keys and values, once per row: a row's
+  # beams share them (t5.Attention reads them for all of its beams at once). Its logits are
+  # unused, so under jax.jit (as evaluation.Predictor calls these) XLA drops the rest of
+  # that pass; called eagerly it costs one decoder forward over max_length positions.
+  rows = encoded.shape[0]
+  cache = apply({"params": params}, encoded, encoder_tokens,
+                jnp.zeros((rows, max_length), jnp.int32), peft, decode=True,
+                mutable=["cache"])[1]["cache"]
+  batch_axis = 1 if model.config.scan_layers else 0
+  cache = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if x.ndim < 4 or is_per_row(path) else jnp.repeat(x, beams, batch_axis),
+      cache)
 
   def step(dec_tokens, i, cache):
     token = jax.lax.dynamic_slice_in_dim(dec_tokens, i, 1, axis=1)
     logits, updated = apply({"params": params, "cache": cache}, encoded, encoder_tokens, token,
-                            peft, decode=True, mutable=["cache"])
+                            peft_n, decode=True, mutable=["cache"])
     return logits[:, 0], updated["cache"]
   return step, cache
+
+
+def is_per_row(cache_path) -> bool:
+  """Whether a cache entry holds one copy per input row (the cross-attention keys and
+  values) rather than one per decoded sequence (self-attention, gathered by beam search)."""
+  return any(getattr(p, "key", None) == "encoder_decoder_attention" for p in cache_path)
 
 
 def _encode(model, params, encoder_tokens, peft):
@@ -119,18 +137,15 @@ def beam_search(model: T5, params, encoder_tokens: Array, max_length: int, peft=
   Returns (tokens [batch, max_length] of the best hypothesis, its score [batch]).
   """
   batch, k = encoder_tokens.shape[0], num_beams
-  peft = peft_lib.repeat_batch(peft_lib.broadcast_batch(peft, batch), k)
-  enc_tokens = jnp.repeat(encoder_tokens, k, axis=0)
-  encoded = _encode(model, params, enc_tokens, peft)
-  step, cache = _step_fn(model, params, encoded, enc_tokens, peft, max_length, use_cache)
+  peft = peft_lib.broadcast_batch(peft, batch)
+  encoded = _encode(model, params, encoder_tokens, peft)  # once per row, not per beam
+  step, cache = _step_fn(model, params, encoded, encoder_tokens, peft, max_length, use_cache,
+                         beams=k)
   batch_axis = 1 if model.config.scan_layers else 0
 
   def gather_cache(cache, flat_idx):
-    # A row's beams share its encoded input, so its cross-attention cache needs no gather.
     def gather(path, x):
-      if x.ndim < 4 or any(getattr(p, "key", None) == "encoder_decoder_attention" for p in path):
-        return x
-      return jnp.take(x, flat_idx, axis=batch_axis)
+      return x if x.ndim < 4 or is_per_row(path) else jnp.take(x, flat_idx, axis=batch_axis)
     return jax.tree_util.tree_map_with_path(gather, cache)
 
   def normalize(log_probs, length):

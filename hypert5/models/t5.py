@@ -121,9 +121,10 @@ class Attention(nn.Module):
   full-length input) creates zero `cached_key`/`cached_value` variables; later calls take
   one token and write it at `decode_position`. Cross-attention (`static_kv`): the first
   call stores the keys and values of the encoded input (prefix included), laid out for a
-  one-token query ([b, h, d, k] and [b, h, k, d]); later calls read them. Recomputing them
-  every step cost XLA on CPU a transposing copy of both per layer and step: 16 copies of
-  3.2 ms in each 51 ms step for T5-small, 8 x 512 tokens.
+  one-token query ([b, h, d, k] and [b, h, k, d]); later calls read them, once per input
+  row: beam search's queries arrive as rows x beams and a row's beams read its copy
+  together. Recomputing them every step cost XLA on CPU a transposing copy of both per
+  layer and step: 16 copies of 3.2 ms in each 51 ms step for T5-small, 8 x 512 tokens.
   """
   config: T5Config
   deterministic: bool = True
@@ -167,17 +168,21 @@ class Attention(nn.Module):
     return dense(d, ("joined_kv", "embed"), 1.0, name="out")(out, lora.get("out"))
 
   def _cached_cross_attention(self, q: Array, mask: Array) -> Array:
-    """One decode step's cross-attention [b, 1, h, d] from the cached keys [b, h, d, k] and
-    values [b, h, k, d]; `mask` covers the encoded positions (the cached prefix columns,
-    first, are always visible)."""
+    """One decode step's cross-attention [n, 1, h, d] from the cached keys [r, h, d, k] and
+    values [r, h, k, d] of r input rows, n = r x beams (beam search: a row's beams are
+    adjacent and share one copy); `mask` [r, 1, 1, k'] covers the encoded positions (the
+    cached prefix columns, first, are always visible)."""
     k = self.get_variable("cache", "cached_key")
     v = self.get_variable("cache", "cached_value")
     num_prefix = k.shape[-1] - mask.shape[-1]
     mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (num_prefix,), bool), mask], axis=-1)
+    n, rows = q.shape[0], k.shape[0]
+    q = q.reshape((rows, n // rows) + q.shape[2:])  # a row's beams as its query positions
     logits = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = jnp.where(mask, logits, softmax_attention.NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+    return out.reshape((n, 1) + out.shape[2:])
 
   def _update_cache(self, k: Array, v: Array, position: Array | None):
     initialized = self.has_variable("cache", "cached_key")

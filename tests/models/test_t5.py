@@ -90,6 +90,14 @@ def test_cached_decoding_equals_uncached(tiny, scan):
   s_plain = decoding.sample(model, params, ENC, 9, rng=rng, temperature=1.0, top_k=20,
                             use_cache=False)
   np.testing.assert_array_equal(s_cached, s_plain)
+  # Beam search keeps one copy of the cross-attention keys and values per input row (its
+  # beams read it together) and one self-attention cache per beam.
+  encoded = model.apply({"params": params}, ENC, method=t5.T5.encode)
+  _, cache = decoding._step_fn(model, params, encoded, ENC, None, 9, True, beams=3)
+  batch_axis = 1 if scan else 0
+  sizes = {decoding.is_per_row(path): x.shape[batch_axis]
+           for path, x in jax.tree_util.tree_leaves_with_path(cache) if x.ndim >= 4}
+  assert sizes == {True: 3, False: 9}
 
 
 def _sequence_logprob(cfg, params, enc, tokens):
