@@ -34,9 +34,10 @@ def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
   row's beams adjacent.
   """
   apply = functools.partial(model.apply, method=T5.decode)
-  peft_n = peft_lib.repeat_batch(peft, beams)
+  peft_n = peft_lib.repeat_batch(peft, beams) if beams > 1 else peft
   if not use_cache:
-    encoded, encoder_tokens = (jnp.repeat(x, beams, axis=0) for x in (encoded, encoder_tokens))
+    if beams > 1:
+      encoded, encoder_tokens = (jnp.repeat(x, beams, axis=0) for x in (encoded, encoder_tokens))
 
     def step(dec_tokens, i, cache):
       logits = apply({"params": params}, encoded, encoder_tokens, dec_tokens[:, :max_length],
@@ -53,10 +54,11 @@ def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
   cache = apply({"params": params}, encoded, encoder_tokens,
                 jnp.zeros((rows, max_length), jnp.int32), peft, decode=True,
                 mutable=["cache"])[1]["cache"]
-  batch_axis = 1 if model.config.scan_layers else 0
-  cache = jax.tree_util.tree_map_with_path(
-      lambda path, x: x if x.ndim < 4 or is_per_row(path) else jnp.repeat(x, beams, batch_axis),
-      cache)
+  if beams > 1:
+    batch_axis = 1 if model.config.scan_layers else 0
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if x.ndim < 4 or is_per_row(path) else jnp.repeat(x, beams, batch_axis),
+        cache)
 
   def step(dec_tokens, i, cache):
     token = jax.lax.dynamic_slice_in_dim(dec_tokens, i, 1, axis=1)

@@ -66,7 +66,9 @@ def numpy_batches(ds: tf.data.Dataset) -> Iterator[Any]:
   timed sleep first; the sleep grows over a run. At the end of the demo's training stages
   the main thread waited 17-50 s there (a faulthandler dump showed it at this generator's
   exit) before the stage's evaluation could start. The thread is not a daemon, so the
-  interpreter still waits for it at exit rather than abandoning it inside TensorFlow.
+  interpreter still waits for it at exit rather than abandoning it inside TensorFlow. An
+  exception from the dataset keeps the iterator in its traceback, and an interpreter that
+  is shutting down starts no thread: the iterator is then deleted where it is dropped.
   """
   iterator = ds.as_numpy_iterator()
   try:
@@ -79,4 +81,7 @@ def numpy_batches(ds: tf.data.Dataset) -> Iterator[Any]:
   finally:
     holder = [iterator]
     del iterator  # the thread's pop takes the last reference, so the deletion runs there
-    threading.Thread(target=holder.pop, name="tf.data iterator release").start()
+    try:
+      threading.Thread(target=holder.pop, name="tf.data iterator release").start()
+    except Exception:  # pylint: disable=broad-except  # e.g. at interpreter shutdown
+      holder.clear()

@@ -51,3 +51,15 @@ def test_closing_does_not_wait_for_the_iterator_to_be_deleted():
   for thread in release:
     thread.join()
   assert deleted_on == ["tf.data iterator release"]
+
+
+def test_deletes_in_place_when_no_thread_can_start(monkeypatch):
+  # At interpreter shutdown threading refuses new threads; closing must still work.
+  def refuse(*args, **kwargs):
+    raise RuntimeError("can't create new thread at interpreter shutdown")
+  monkeypatch.setattr(performance.threading, "Thread", refuse)
+  deleted_on: list = []
+  batches = performance.numpy_batches(_Dataset(deleted_on))
+  next(batches)
+  batches.close()
+  assert deleted_on == [threading.current_thread().name]
