@@ -79,7 +79,8 @@ def main(workdir: str) -> None:
   new = spec["new_tokens"]
   # No EOS stop on either side: every run generates exactly `new` tokens per row.
   gen_kwargs = dict(attention_mask=torch.ones_like(prompts), max_new_tokens=new,
-                    min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
+                    min_new_tokens=0, do_sample=False, num_beams=spec.get("num_beams", 1),
+                    use_cache=True,
                     eos_token_id=None, pad_token_id=0)
   gen_times, tokens = [], None
   with torch.inference_mode():

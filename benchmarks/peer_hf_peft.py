@@ -6,12 +6,13 @@ One command runs both sides on the same T5 shape, the same weights and the same 
 
 (a) a frozen T5 + LoRA training step (rank 8, alpha 16 on q and v of every attention
     block; global-norm clipping 1.0 + AdamW; float32): step time and tokens/s;
-(b) greedy generation with a KV cache and the same LoRA applied: time and new tokens/s.
+(b) greedy generation (or beam search: --num_beams) with a KV cache and the same LoRA
+    applied: time and new tokens/s.
 
 Our side runs in this process and is the code path of `hypert5 bench` (hypert5/runs.py::bench)
 in mode `lora`: modes.Objective, optimizers.make_optimizer, trainer_lib.Trainer and its
 jitted, donated train step on bench's random-token batch, timed the same way (median of
-`--steps` after `--warmup`). Generation is hypert5.decoding.greedy under jax.jit.
+`--steps` after `--warmup`). Generation is hypert5.decoding.greedy (beam_search) under jax.jit.
 The torch side runs benchmarks/hf_peft_side.py in a subprocess with `--torch_python`
 (or $HYPERT5_TORCH_PYTHON; default /work/goldenvenv/bin/python): torch, transformers and
 peft are not hypert5 dependencies. Both sides use the same weights: our random T5 goes to
@@ -82,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="untimed first steps (ours: compilation)")
   p.add_argument("--gen_batch", type=int, default=None, help="default: --batch")
   p.add_argument("--gen_inputs", type=int, default=None, help="prompt length; default: --inputs")
-  p.add_argument("--new_tokens", type=int, default=32, help="greedy tokens per row")
+  p.add_argument("--new_tokens", type=int, default=32, help="generated tokens per row")
+  p.add_argument("--num_beams", type=int, default=1,
+                 help="generation: 1 greedy, K > 1 beam search (length penalty 1 on both sides)")
   p.add_argument("--gen_runs", type=int, default=3, help="timed generate calls (after one untimed)")
   p.add_argument("--lr", type=float, default=1e-2)
   p.add_argument("--threads", type=int, default=None,
@@ -197,12 +200,16 @@ def run_ours(args, workdir: str) -> dict:
   timed = times[args.warmup:]
   step_time = float(np.median(timed))
 
-  # Greedy generation with the (initial) LoRA, KV cache on, no EOS stop (eos_id=-1).
+  # Greedy or beam generation with the (initial) LoRA, KV cache on, no EOS stop (eos_id=-1).
   gb, g_in, new = args.gen_batch, args.gen_inputs, args.new_tokens
   prompts = np.random.default_rng(1).integers(2, cfg.vocab_size, (gb, g_in)).astype(np.int32)
   model = t5.T5(cfg)
-  gen = jax.jit(lambda params, peft, enc: decoding.greedy(
-      model, params, enc, new, peft=peft, eos_id=-1, use_cache=True))
+  if args.num_beams > 1:
+    gen = jax.jit(lambda params, peft, enc: decoding.beam_search(
+        model, params, enc, new, peft=peft, num_beams=args.num_beams, eos_id=-1)[0])
+  else:
+    gen = jax.jit(lambda params, peft, enc: decoding.greedy(
+        model, params, enc, new, peft=peft, eos_id=-1, use_cache=True))
   gen_times, tokens = [], None
   for i in range(1 + args.gen_runs):
     t0 = time.perf_counter()
@@ -252,14 +259,16 @@ def equivalent_bench_command(args) -> str:
 
 def _table(result: dict) -> str:
   o, h = result["ours"], result["hf_peft"]
+  beams = result["setup"].get("num_beams", 1)
+  gen = "greedy" if beams == 1 else f"{beams}-beam"
   rows = [
       ("train step time (s, median)", o["train"]["step_time_s"], h["train"]["step_time_s"],
        h["train"]["step_time_s"] / o["train"]["step_time_s"]),
       ("train tokens/s (enc+dec)", o["train"]["tokens_per_s"], h["train"]["tokens_per_s"],
        o["train"]["tokens_per_s"] / h["train"]["tokens_per_s"]),
-      ("greedy generate time (s, median)", o["generate"]["time_s"], h["generate"]["time_s"],
+      (f"{gen} generate time (s, median)", o["generate"]["time_s"], h["generate"]["time_s"],
        h["generate"]["time_s"] / o["generate"]["time_s"]),
-      ("greedy new tokens/s", o["generate"]["new_tokens_per_s"],
+      (f"{gen} new tokens/s", o["generate"]["new_tokens_per_s"],
        h["generate"]["new_tokens_per_s"],
        o["generate"]["new_tokens_per_s"] / h["generate"]["new_tokens_per_s"]),
       ("first train step (s; ours compiles)", o["train"]["first_step_s"],
@@ -308,7 +317,7 @@ def main(argv=None) -> int:
   try:
     load_before = _load()
     print(f"[ours] hypert5 {args.size}: batch {args.batch}, inputs {args.inputs}, targets "
-          f"{args.targets}; {args.warmup} + {args.steps} steps, then greedy "
+          f"{args.targets}; {args.warmup} + {args.steps} steps, then {args.num_beams}-beam "
           f"{args.gen_batch}x{args.gen_inputs} -> {args.new_tokens} tokens", flush=True)
     t0 = time.perf_counter()
     ours = run_ours(args, workdir)
@@ -317,7 +326,8 @@ def main(argv=None) -> int:
     with open(os.path.join(workdir, "spec.json"), "w") as f:
       json.dump({"threads": threads, "steps": args.steps, "warmup": args.warmup,
                  "lr": args.lr, "lr_warmup_steps": 1, "b1": 0.9, "b2": 0.999,
-                 "clip_norm": 1.0, "new_tokens": args.new_tokens, "gen_runs": args.gen_runs},
+                 "clip_norm": 1.0, "new_tokens": args.new_tokens, "gen_runs": args.gen_runs,
+                 "num_beams": args.num_beams},
                 f)
 
     print(f"[hf+peft] {args.torch_python} ({torch_versions})", flush=True)
@@ -369,7 +379,8 @@ def main(argv=None) -> int:
                   "warmup": args.warmup, "lora": "rank 8, alpha 16, q and v of every attention",
                   "optimizer": f"clip 1.0 + AdamW lr {args.lr} (0 on the first step), wd 0",
                   "gen_batch": args.gen_batch, "gen_inputs": args.gen_inputs,
-                  "new_tokens": args.new_tokens, "gen_runs": args.gen_runs},
+                  "new_tokens": args.new_tokens, "gen_runs": args.gen_runs,
+                  "num_beams": args.num_beams},
         "ours": ours, "hf_peft": hf, "sanity": sanity,
         "ratios_ours_over_hf": {
             "train_tokens_per_s": ours["train"]["tokens_per_s"] / hf["train"]["tokens_per_s"],
@@ -390,14 +401,14 @@ def main(argv=None) -> int:
     print(f"T5 {args.size} (d_model {cfg.d_model}, {cfg.num_encoder_layers}+"
           f"{cfg.num_decoder_layers} layers), float32, LoRA r8 q,v "
           f"({ours['trainable_params']:,} trainable params); train batch {args.batch}x"
-          f"({args.inputs}+{args.targets}), {args.steps} timed steps; greedy "
+          f"({args.inputs}+{args.targets}), {args.steps} timed steps; {args.num_beams}-beam "
           f"{args.gen_batch}x{args.gen_inputs} prompt -> {args.new_tokens} new tokens\n")
     print(_table(result))
     s = sanity
     print(f"\nsanity: loss at step 0 ours {s['loss_step0']['ours']:.6f} vs HF "
           f"{s['loss_step0']['hf_peft']:.6f} (|diff| {s['loss_step0']['abs_diff']:.2e}); "
           f"max |diff| over {len(our_losses)} steps {s['max_abs_loss_diff_all_steps']:.2e}; "
-          f"greedy tokens agree {agree:.1%}; trainable params ours "
+          f"generated tokens agree {agree:.1%}; trainable params ours "
           f"{ours['trainable_params']:,} vs HF {hf['trainable_params']:,}")
     print(f"wrote {out}")
     return 0

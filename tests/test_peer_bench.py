@@ -24,7 +24,8 @@ def test_missing_torch_interpreter_is_a_clear_error(tmp_path):
   assert bench.main(["--torch_python", str(tmp_path / "no_such_python")]) == 2
 
 
-def test_tiny_peer_comparison_runs_and_both_sides_agree(tmp_path):
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_tiny_peer_comparison_runs_and_both_sides_agree(tmp_path, num_beams):
   bench = load_script("benchmarks/peer_hf_peft.py")
   torch_python = os.environ.get("HYPERT5_TORCH_PYTHON", bench.DEFAULT_TORCH_PYTHON)
   try:
@@ -38,7 +39,8 @@ def test_tiny_peer_comparison_runs_and_both_sides_agree(tmp_path):
   proc = subprocess.run(
       [sys.executable, SCRIPT, "--size", "tiny", "--batch", "2", "--inputs", "16",
        "--targets", "8", "--steps", "2", "--warmup", "1", "--new_tokens", "4",
-       "--gen_runs", "1", "--threads", "1", "--torch_python", torch_python, "--out", str(out)],
+       "--gen_runs", "1", "--num_beams", str(num_beams), "--threads", "1",
+       "--torch_python", torch_python, "--out", str(out)],
       capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "speed-up, ours vs HF" in proc.stdout
