@@ -257,10 +257,13 @@ def equivalent_bench_command(args) -> str:
 # -- report ------------------------------------------------------------------------------
 
 
+def _generation(num_beams: int) -> str:
+  return "greedy" if num_beams == 1 else f"{num_beams}-beam"
+
+
 def _table(result: dict) -> str:
   o, h = result["ours"], result["hf_peft"]
-  beams = result["setup"].get("num_beams", 1)
-  gen = "greedy" if beams == 1 else f"{beams}-beam"
+  gen = _generation(result["setup"].get("num_beams", 1))
   rows = [
       ("train step time (s, median)", o["train"]["step_time_s"], h["train"]["step_time_s"],
        h["train"]["step_time_s"] / o["train"]["step_time_s"]),
@@ -285,7 +288,10 @@ def _table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.num_beams < 1:
+    parser.error(f"--num_beams {args.num_beams}: expected 1 (greedy) or more (beam search)")
   args.gen_batch = args.gen_batch or args.batch
   args.gen_inputs = args.gen_inputs or args.inputs
   try:
@@ -317,7 +323,8 @@ def main(argv=None) -> int:
   try:
     load_before = _load()
     print(f"[ours] hypert5 {args.size}: batch {args.batch}, inputs {args.inputs}, targets "
-          f"{args.targets}; {args.warmup} + {args.steps} steps, then {args.num_beams}-beam "
+          f"{args.targets}; {args.warmup} + {args.steps} steps, then "
+          f"{_generation(args.num_beams)} "
           f"{args.gen_batch}x{args.gen_inputs} -> {args.new_tokens} tokens", flush=True)
     t0 = time.perf_counter()
     ours = run_ours(args, workdir)
@@ -401,7 +408,8 @@ def main(argv=None) -> int:
     print(f"T5 {args.size} (d_model {cfg.d_model}, {cfg.num_encoder_layers}+"
           f"{cfg.num_decoder_layers} layers), float32, LoRA r8 q,v "
           f"({ours['trainable_params']:,} trainable params); train batch {args.batch}x"
-          f"({args.inputs}+{args.targets}), {args.steps} timed steps; {args.num_beams}-beam "
+          f"({args.inputs}+{args.targets}), {args.steps} timed steps; "
+          f"{_generation(args.num_beams)} "
           f"{args.gen_batch}x{args.gen_inputs} prompt -> {args.new_tokens} new tokens\n")
     print(_table(result))
     s = sanity
