@@ -79,7 +79,7 @@ def main(workdir: str) -> None:
   new = spec["new_tokens"]
   # No EOS stop on either side: every run generates exactly `new` tokens per row.
   gen_kwargs = dict(attention_mask=torch.ones_like(prompts), max_new_tokens=new,
-                    min_new_tokens=0, do_sample=False, num_beams=spec.get("num_beams", 1),
+                    min_new_tokens=0, do_sample=False, num_beams=spec["num_beams"],
                     use_cache=True,
                     eos_token_id=None, pad_token_id=0)
   gen_times, tokens = [], None

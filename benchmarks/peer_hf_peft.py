@@ -263,7 +263,7 @@ def _generation(num_beams: int) -> str:
 
 def _table(result: dict) -> str:
   o, h = result["ours"], result["hf_peft"]
-  gen = _generation(result["setup"].get("num_beams", 1))
+  gen = _generation(result["setup"]["num_beams"])
   rows = [
       ("train step time (s, median)", o["train"]["step_time_s"], h["train"]["step_time_s"],
        h["train"]["step_time_s"] / o["train"]["step_time_s"]),

@@ -55,10 +55,8 @@ def _step_fn(model: T5, params, encoded: Array, encoder_tokens: Array, peft,
                 jnp.zeros((rows, max_length), jnp.int32), peft, decode=True,
                 mutable=["cache"])[1]["cache"]
   if beams > 1:
-    batch_axis = 1 if model.config.scan_layers else 0
-    cache = jax.tree_util.tree_map_with_path(
-        lambda path, x: x if x.ndim < 4 or is_per_row(path) else jnp.repeat(x, beams, batch_axis),
-        cache)
+    cache = _map_per_sequence(lambda x, axis: jnp.repeat(x, beams, axis), cache,
+                              model.config.scan_layers)
 
   def step(dec_tokens, i, cache):
     token = jax.lax.dynamic_slice_in_dim(dec_tokens, i, 1, axis=1)
@@ -72,6 +70,14 @@ def is_per_row(cache_path) -> bool:
   """Whether a cache entry holds one copy per input row (the cross-attention keys and
   values) rather than one per decoded sequence (self-attention, gathered by beam search)."""
   return any(getattr(p, "key", None) == "encoder_decoder_attention" for p in cache_path)
+
+
+def _map_per_sequence(fn: Callable, cache, scan_layers: bool):
+  """fn(x, batch_axis) on the cache entries held per decoded sequence; the per-row ones
+  and the scalar position counters pass through (scanned layers put the batch on axis 1)."""
+  axis = 1 if scan_layers else 0
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x if x.ndim < 4 or is_per_row(path) else fn(x, axis), cache)
 
 
 def _encode(model, params, encoder_tokens, peft):
@@ -143,12 +149,10 @@ def beam_search(model: T5, params, encoder_tokens: Array, max_length: int, peft=
   encoded = _encode(model, params, encoder_tokens, peft)  # once per row, not per beam
   step, cache = _step_fn(model, params, encoded, encoder_tokens, peft, max_length, use_cache,
                          beams=k)
-  batch_axis = 1 if model.config.scan_layers else 0
 
   def gather_cache(cache, flat_idx):
-    def gather(path, x):
-      return x if x.ndim < 4 or is_per_row(path) else jnp.take(x, flat_idx, axis=batch_axis)
-    return jax.tree_util.tree_map_with_path(gather, cache)
+    return _map_per_sequence(lambda x, axis: jnp.take(x, flat_idx, axis=axis), cache,
+                             model.config.scan_layers)
 
   def normalize(log_probs, length):
     return log_probs / (length.astype(jnp.float32) ** length_penalty)

@@ -174,8 +174,7 @@ class Attention(nn.Module):
     cached prefix columns, first, are always visible)."""
     k = self.get_variable("cache", "cached_key")
     v = self.get_variable("cache", "cached_value")
-    num_prefix = k.shape[-1] - mask.shape[-1]
-    mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (num_prefix,), bool), mask], axis=-1)
+    mask = _with_prefix_columns(mask, k.shape[-1] - mask.shape[-1])
     n, rows = q.shape[0], k.shape[0]
     q = q.reshape((rows, n // rows) + q.shape[2:])  # a row's beams as its query positions
     logits = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -198,6 +197,11 @@ class Attention(nn.Module):
     return cached_k.value, cached_v.value
 
 
+def _with_prefix_columns(mask: Array, num_prefix: int) -> Array:
+  """The key mask with `num_prefix` always-visible prefix columns in front."""
+  return jnp.concatenate([jnp.ones(mask.shape[:-1] + (num_prefix,), bool), mask], axis=-1)
+
+
 def _with_prefix(prefix, k: Array, v: Array, mask: Array, bias: Array | None):
   """Keys and values [b, k, h, d] with a key/value prefix ([b or 1, P, h, d] each) in front;
   the prefix columns are always visible and get zero relative-position bias."""
@@ -205,7 +209,7 @@ def _with_prefix(prefix, k: Array, v: Array, mask: Array, bias: Array | None):
   batch, num_prefix = k.shape[0], pk.shape[1]
   pk = jnp.broadcast_to(pk.astype(k.dtype), (batch,) + pk.shape[1:])
   pv = jnp.broadcast_to(pv.astype(v.dtype), (batch,) + pv.shape[1:])
-  mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (num_prefix,), bool), mask], axis=-1)
+  mask = _with_prefix_columns(mask, num_prefix)
   if bias is not None:
     bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (num_prefix,), bias.dtype), bias],
                            axis=-1)
