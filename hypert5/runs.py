@@ -141,8 +141,12 @@ def _register_tasks(registrations) -> None:
 
 
 def _provider(name: str):
-  import seqio
-  import tasks  # noqa: F401  registers the file-free tasks
+  try:
+    import seqio
+    import tasks  # noqa: F401  registers the file-free tasks
+  except ImportError as e:  # a JAX-only image (bench's model timing needs no data)
+    raise UsageError(f"task or mixture {name!r}: the data stack does not import ({e}); "
+                     "install hypert5's requirements (TensorFlow, seqio)") from e
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError as e:
@@ -163,11 +167,11 @@ def queries_per_row(exp: Experiment) -> int:
   """Queries per row of MIXTURE's tasks (registered with queries_per_task; default 1). A
   MIXTURE not registered here (shapes planned without its data) counts as 1; reading its
   data is what then fails, with the lookup's error."""
-  from hypert5.data import registry
   try:
     provider = _provider(exp.mixture)
   except UsageError:
     return 1
+  from hypert5.data import registry
   return registry.queries_per_task(provider)
 
 

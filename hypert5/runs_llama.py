@@ -33,9 +33,7 @@ import jax
 import numpy as np
 
 from hypert5 import runs
-from hypert5.data import registry
-from hypert5.data.decoder_only import FEW_SHOT, HYPER_INPUT_TOKENS, DecoderOnlyFeatureConverter
-from hypert5.data.features import HYPER_INPUTS
+from hypert5.data.names import FEW_SHOT, HYPER_INPUT_TOKENS, HYPER_INPUTS
 from hypert5.models import gisting, llama, peft as peft_lib
 from hypert5.training import (checkpoints, evaluation, flops, llama_io, model_io, modes,
                               optimizers, partitioning, peft_io, trainer as trainer_lib,
@@ -112,6 +110,8 @@ def few_shot_for(exp: runs.Experiment, provider) -> str:
 def converter(exp: runs.Experiment, name: str) -> DecoderOnlyFeatureConverter:
   """The feature converter for task or mixture `name`, after checking its vocabulary fits
   the Llama's embedding (an id past it would be clamped silently, not caught)."""
+  from hypert5.data import registry
+  from hypert5.data.decoder_only import DecoderOnlyFeatureConverter
   provider = runs._provider(name)
   if registry.queries_per_task(provider) > 1:
     raise UsageError(f"{name}: its rows hold several queries (queries_per_task), which "

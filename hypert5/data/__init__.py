@@ -2,13 +2,25 @@
 
 Tasks and mixtures are registered in the top-level `tasks` package; this package holds the
 pieces they are built from. It never imports the models.
+
+The names below load their module (and with it TensorFlow and seqio) when first used, so
+that importing a TensorFlow-free submodule (errors, names) does not pull them in.
 """
-from hypert5.data.converters import EncDecFeatureConverter
-from hypert5.data.converters import HyperFeatureConverter
-from hypert5.data.converters import converter_for
-from hypert5.data.errors import DataError
-from hypert5.data.features import hyper_features
-from hypert5.data.features import plain_features
-from hypert5.data.performance import tf_data_options
-from hypert5.data.vocab import get_vocabulary
-from hypert5.data.vocab import sentinel_id
+import importlib
+
+_EXPORTS = {
+    "EncDecFeatureConverter": "converters", "HyperFeatureConverter": "converters",
+    "converter_for": "converters", "DataError": "errors", "hyper_features": "features",
+    "plain_features": "features", "tf_data_options": "performance",
+    "get_vocabulary": "vocab", "sentinel_id": "vocab",
+}
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+  return sorted([*globals(), *_EXPORTS])

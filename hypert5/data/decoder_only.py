@@ -31,10 +31,9 @@ import seqio
 import tensorflow as tf
 
 from hypert5.data import features as features_lib
+from hypert5.data.names import FEW_SHOT, HYPER_INPUT_TOKENS
 
 _Spec = seqio.FeatureConverter.FeatureSpec
-FEW_SHOT = ("hyper", "in_context", "none")
-HYPER_INPUT_TOKENS = "hyper_input_tokens"
 _DECODER = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights")
 
 

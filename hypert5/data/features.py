@@ -4,8 +4,7 @@ from typing import Mapping
 import seqio
 
 from hypert5.data import vocab as vocab_lib
-
-HYPER_INPUTS = "hyper_inputs"
+from hypert5.data.names import HYPER_INPUTS
 
 
 def plain_features(vocabulary) -> Mapping[str, seqio.Feature]:

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 
 from hypert5 import decoding
 from hypert5.models import gisting, llama, t5
@@ -164,6 +163,7 @@ def evaluate(evaluator: seqio.Evaluator, predictor: Predictor, trainable, frozen
 
 def make_evaluator(mixture: str, feature_converter, lengths: dict[str, int],
                    split: str = "validation", log_dir: str | None = None) -> seqio.Evaluator:
+  import seqio  # here, not at the top: training and benchmarking run without TensorFlow
   loggers = (seqio.TensorBoardLogger, seqio.JSONLogger) if log_dir else ()
   return seqio.Evaluator(mixture, feature_converter, eval_split=split, sequence_length=lengths,
                          logger_cls=loggers, log_dir=log_dir, use_memory_cache=True)
