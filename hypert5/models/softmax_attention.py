@@ -9,7 +9,8 @@ instead of storing it (as flash attention does). Measured on 2 CPU cores, batch 
 Numerically the same function as `dense` (float32 sums in a different order).
 
 Used by `t5.Attention` on CPU when no dropout applies and no device mesh splits the batch
-(`use_blocked`); accelerators keep the dense form, which XLA fuses well there.
+(`use_blocked`). On NVIDIA GPUs in bf16/fp16 without dropout, `fused` runs cuDNN's flash
+attention instead (`use_fused`); elsewhere the dense form, which XLA fuses well.
 """
 from __future__ import annotations
 
@@ -32,6 +33,35 @@ def dense(q: Array, k: Array, v: Array, bias: Array | None, mask: Array,
   logits = jnp.where(mask, logits, NEG_INF)
   weights = dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype))
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def use_fused(q: Array, k_len: int) -> bool:
+  """cuDNN's fused attention applies: an NVIDIA GPU, 16-bit inputs, a head size that is a
+  multiple of 8 up to 128, and even lengths (its kernels with a bias need them)."""
+  q_len, head_dim = q.shape[1], q.shape[-1]
+  on_cuda = jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version
+  return (on_cuda and q.dtype in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and k_len % 2 == 0)
+
+
+def fused(q: Array, k: Array, v: Array, bias: Array | None, mask: Array,
+          implementation: str | None = "cudnn") -> Array:
+  """`dense` without dropout as cuDNN's flash attention: the [b, h, q, k] scores never reach
+  device memory, and the backward recomputes them. The bias (and the mask, which cuDNN
+  folds into it) is added in the inputs' dtype. On an H100, T5-Large shapes (32 x 512
+  tokens, 16 heads of 64, a shared bias and a padding mask), forward + backward took 1.9
+  against 3.3 ms dense. `implementation="xla"` is the same call through XLA (tests)."""
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  # cuDNN folds the mask into the bias and needs the result's last two axes full-sized.
+  mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
+  out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=1.0,
+                                     implementation=implementation)
+  # A query that sees no key (a padding row) gets `dense`'s uniform average of the values.
+  # This also keeps gradients away from cuDNN's for such rows, which on an H100 were far
+  # off (norm 30x the real rows' gradients) where the dense ones are zero for q and k.
+  sees_a_key = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]  # [b, q, 1|h, 1]
+  return jnp.where(sees_a_key, out, jnp.mean(v, axis=1, keepdims=True).astype(out.dtype))
 
 
 # Dense scores smaller than this (float32 elements; 8 MiB) stay in a CPU's last-level cache

@@ -157,8 +157,10 @@ class Attention(nn.Module):
       if self.decode and self.static_kv:  # init pass: keep them for the decode steps
         self.variable("cache", "cached_key", lambda: jnp.transpose(k, (0, 2, 3, 1)))
         self.variable("cache", "cached_value", lambda: jnp.transpose(v, (0, 2, 1, 3)))
-      if (self.deterministic or cfg.dropout_rate == 0.0) and softmax_attention.use_blocked(
-          q.shape[0], h, q.shape[1], k.shape[1]):
+      no_dropout = self.deterministic or cfg.dropout_rate == 0.0
+      if no_dropout and softmax_attention.use_fused(q, k.shape[1]):
+        out = softmax_attention.fused(q, k, v, bias, mask)
+      elif no_dropout and softmax_attention.use_blocked(q.shape[0], h, q.shape[1], k.shape[1]):
         out = softmax_attention.blocked(q, k, v, bias, mask)
       else:
         drop = nn.Dropout(cfg.dropout_rate)

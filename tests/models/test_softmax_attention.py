@@ -1,4 +1,7 @@
-"""The blocked (per-example, recomputing) attention equals the dense one, values and grads."""
+"""The blocked (per-example, recomputing) attention and the fused (cuDNN) call equal the dense
+attention, values and grads."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,21 +27,27 @@ MASKS = {
 BIASES = {"none": None, "shared": (1, H, Q, K), "per example": (B, H, Q, K)}
 
 
+# `fused` runs through XLA here: the same call (layout, scale 1, bias and mask) that runs
+# cuDNN's kernel on a GPU, where benchmarks/device_bench.sh checks it against `dense`.
+IMPLS = {"blocked": sa.blocked, "fused": functools.partial(sa.fused, implementation="xla")}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("bias", BIASES)
-def test_blocked_equals_dense(mask, bias):
+def test_equals_dense(impl, mask, bias):
+  impl = IMPLS[impl]
   q, k, v = _qkv()
   mask = MASKS[mask]
   shape = BIASES[bias]
   b = None if shape is None else jnp.asarray(np.random.default_rng(2).normal(size=shape),
                                              jnp.float32)
-  np.testing.assert_allclose(sa.blocked(q, k, v, b, mask), sa.dense(q, k, v, b, mask),
-                             atol=1e-6)
+  np.testing.assert_allclose(impl(q, k, v, b, mask), sa.dense(q, k, v, b, mask), atol=1e-6)
   # A non-linear loss, so that every input's gradient depends on the attention weights.
   argnums = (0, 1, 2) if b is None else (0, 1, 2, 3)
   grads = {f: jax.grad(lambda *a: jnp.sum(f(*a, mask) ** 3), argnums)(q, k, v, b)
-           for f in (sa.blocked, sa.dense)}
-  for got, want in zip(grads[sa.blocked], grads[sa.dense]):
+           for f in (impl, sa.dense)}
+  for got, want in zip(grads[impl], grads[sa.dense]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -48,6 +57,15 @@ def test_blocked_skips_a_frozen_bias_and_jits():
   f = jax.jit(jax.grad(lambda q: jnp.sum(sa.blocked(q, k, v, bias, MASKS["padding"]) ** 2)))
   want = jax.grad(lambda q: jnp.sum(sa.dense(q, k, v, bias, MASKS["padding"]) ** 2))(q)
   np.testing.assert_allclose(f(q), want, rtol=1e-4, atol=1e-5)
+
+
+def test_use_fused_needs_a_gpu_16_bit_inputs_and_even_lengths():
+  q = jnp.zeros((2, 512, 16, 64), jnp.bfloat16)
+  on_gpu = jax.default_backend() == "gpu"
+  assert sa.use_fused(q, 544) == on_gpu
+  assert not sa.use_fused(q.astype(jnp.float32), 544)
+  assert not sa.use_fused(q, 545)
+  assert not sa.use_fused(q[..., :60], 544)
 
 
 def test_use_blocked_needs_large_scores_on_one_device():
@@ -60,11 +78,27 @@ def test_use_blocked_needs_large_scores_on_one_device():
       assert not sa.use_blocked(*big)
 
 
-def test_t5_with_blocked_attention_matches_dense(monkeypatch):
+def test_fused_gives_a_query_that_sees_no_key_the_dense_result(monkeypatch):
+  """Where no key is visible, `fused` does not use the kernel's result (cuDNN's gradients
+  there were far off on an H100): a stand-in kernel that is wrong only there changes
+  neither the values nor the gradients."""
+  real = jax.nn.dot_product_attention
+
+  def wrong_where_nothing_is_visible(q, k, v, bias, mask, **kw):
+    sees_a_key = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
+    return jnp.where(sees_a_key, real(q, k, v, bias, mask, **kw), 7.0 * q * k[:, :1])
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", wrong_where_nothing_is_visible)
+  test_equals_dense("fused", "empty example", "shared")
+
+
+@pytest.mark.parametrize("form", ["blocked", "fused"])
+def test_t5_attention_forms_match_dense(monkeypatch, form):
   """The whole T5 (encoder with padding, causal decoder, cross attention, a key/value
   prefix) gives the same logits and gradients, for the prefix and for every parameter
-  (the position biases included), whichever form its attention takes."""
-  if jax.default_backend() != "cpu":
+  (the position biases included), whichever form its attention takes. The fused form is
+  cuDNN's call, here through XLA."""
+  if form == "blocked" and jax.default_backend() != "cpu":
     pytest.skip("the blocked form is used on CPU only")
   cfg = configs.get_config("tiny")
   params = t5.init_params(cfg, jax.random.key(0))
@@ -78,14 +112,18 @@ def test_t5_with_blocked_attention_matches_dense(monkeypatch):
     return jnp.mean(jax.nn.log_softmax(logits)[..., 5] ** 2), logits
 
   calls = []
-  blocked = sa.blocked
-  monkeypatch.setattr(sa, "blocked", lambda *a: calls.append(1) or blocked(*a))
-  results = {}
-  for name, min_scores in (("dense", 2**62), ("blocked", 0)):
-    monkeypatch.setattr(sa, "MIN_SCORES", min_scores)
-    results[name] = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, prefix)
+  impl = sa.blocked if form == "blocked" else functools.partial(sa.fused, implementation="xla")
+  monkeypatch.setattr(sa, form, lambda *a: calls.append(1) or impl(*a))
+  monkeypatch.setattr(sa, "MIN_SCORES", 2**62)
+  monkeypatch.setattr(sa, "use_fused", lambda q, k_len: False)
+  results = {"dense": jax.value_and_grad(loss, (0, 1), has_aux=True)(params, prefix)}
+  if form == "blocked":
+    monkeypatch.setattr(sa, "MIN_SCORES", 0)
+  else:
+    monkeypatch.setattr(sa, "use_fused", lambda q, k_len: True)
+  results[form] = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, prefix)
   assert len(calls) == cfg.num_encoder_layers + 2 * cfg.num_decoder_layers
-  (_, got_logits), got_grads = results["blocked"]
+  (_, got_logits), got_grads = results[form]
   (_, want_logits), want_grads = results["dense"]
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
