@@ -7,7 +7,8 @@ Optax and Orbax but no TensorFlow. Same arguments as `hypert5 bench`, e.g.
       --gin.hypert5.get_config.dtype="'bfloat16'"
 
 The step is timed on random tokens exactly as `hypert5 bench` times it; the input pipeline
-is not timed (bench.input_batches=0) and MIXTURE counts one query per row.
+is not timed (bench.input_batches=0). Without the data stack MIXTURE cannot be looked up,
+so the batch has one query per row.
 """
 import os
 import sys
@@ -19,7 +20,7 @@ from hypert5 import main  # noqa: E402
 
 def run(argv: list[str]) -> int:
   try:
-    import tasks  # noqa: F401  with the data stack installed, nothing changes
+    import seqio  # noqa: F401
   except ImportError:
     # runs/base.gin's `import tasks` registers the tasks through seqio; without it an
     # empty module stands in, and bench's lookup of MIXTURE counts one query per row.

@@ -16,7 +16,8 @@ fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
-python3 benchmarks/fused_attention_check.py 2>&1 | grep -v "^20..-"  # cuDNN attention vs dense
+python3 benchmarks/fused_attention_check.py > "$out/fused_attention_check.log" 2>&1  # cuDNN vs dense
+echo "fused attention check: exit $?"; grep -v "^20..-" "$out/fused_attention_check.log" | tail -7
 for spec in "$@"; do
   IFS=: read -r size kind batch remat scan <<<"$spec"
   name="${size}_${kind}_b${batch:=32}_${remat:=full}_scan${scan:=True}"

@@ -46,7 +46,7 @@ def check(name, batch, q_len, k_len, bias, mask) -> bool:
                                   - f32(q, k, v, bias, mask)) / jnp.linalg.norm(f32(q, k, v, bias, mask)))
   errs = [float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
           for a, b in zip(grads, grads_ref)]
-  ok = max([out_err, *errs]) < TOLERANCE and np.isfinite(float(y))
+  ok = bool(np.all(np.array([out_err, *errs]) < TOLERANCE)) and np.isfinite(float(y))  # NaN fails
   print(f"{name:26s} output {out_err:.1e}  grads (q, k, v[, bias]) "
         f"{', '.join(f'{e:.1e}' for e in errs)}  {'ok' if ok else 'FAIL'}")
   return ok

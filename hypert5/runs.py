@@ -143,10 +143,10 @@ def _register_tasks(registrations) -> None:
 def _provider(name: str):
   try:
     import seqio
-    import tasks  # noqa: F401  registers the file-free tasks
   except ImportError as e:  # a JAX-only image (bench's model timing needs no data)
-    raise UsageError(f"task or mixture {name!r}: the data stack does not import ({e}); "
-                     "install hypert5's requirements (TensorFlow, seqio)") from e
+    raise UsageError(f"task or mixture {name!r}: seqio does not import ({e}); install "
+                     "hypert5's requirements (TensorFlow, seqio)") from e
+  import tasks  # noqa: F401  registers the file-free tasks
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError as e:

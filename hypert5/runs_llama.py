@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import gin
 import jax
@@ -39,6 +39,9 @@ from hypert5.training import (checkpoints, evaluation, flops, llama_io, model_io
                               optimizers, partitioning, peft_io, trainer as trainer_lib,
                               train_step)
 from hypert5.usage import UsageError, required as _required
+
+if TYPE_CHECKING:  # imported where used: the run code loads without TensorFlow
+  from hypert5.data.decoder_only import DecoderOnlyFeatureConverter
 
 log = logging.getLogger("hypert5")
 

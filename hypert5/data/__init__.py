@@ -14,6 +14,7 @@ _EXPORTS = {
     "plain_features": "features", "tf_data_options": "performance",
     "get_vocabulary": "vocab", "sentinel_id": "vocab",
 }
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

@@ -36,32 +36,45 @@ def dense(q: Array, k: Array, v: Array, bias: Array | None, mask: Array,
 
 
 def use_fused(q: Array, k_len: int) -> bool:
-  """cuDNN's fused attention applies: an NVIDIA GPU, 16-bit inputs, a head size that is a
-  multiple of 8 up to 128, and even lengths (its kernels with a bias need them)."""
+  """cuDNN's fused attention applies: one NVIDIA GPU of compute capability 8.0 or later
+  (its flash kernels' floor; a mesh of several is not yet measured) and shapes it takes."""
+  device = jax.devices()[0]
+  on_cuda = (jax.default_backend() == "gpu" and "cuda" in device.client.platform_version
+             and tuple(map(int, device.compute_capability.split("."))) >= (8, 0))
+  return on_cuda and _one_device_mesh() and fused_supports(q, k_len)
+
+
+def fused_supports(q: Array, k_len: int) -> bool:
+  """16-bit inputs, a head size that is a multiple of 8 up to 128, and even query and key
+  lengths (cuDNN's kernels with a bias need them: decode steps of one query stay dense)."""
   q_len, head_dim = q.shape[1], q.shape[-1]
-  on_cuda = jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version
-  return (on_cuda and q.dtype in (jnp.bfloat16, jnp.float16)
-          and head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and k_len % 2 == 0)
+  return (q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+          and q_len % 2 == 0 and k_len % 2 == 0)
 
 
 def fused(q: Array, k: Array, v: Array, bias: Array | None, mask: Array,
           implementation: str | None = "cudnn") -> Array:
-  """`dense` without dropout as cuDNN's flash attention: the [b, h, q, k] scores never reach
-  device memory, and the backward recomputes them. The bias (and the mask, which cuDNN
-  folds into it) is added in the inputs' dtype. On an H100, T5-Large shapes (32 x 512
-  tokens, 16 heads of 64, a shared bias and a padding mask), forward + backward took 1.9
-  against 3.3 ms dense. `implementation="xla"` is the same call through XLA (tests)."""
+  """`dense` without dropout as cuDNN's flash attention: the probabilities are neither
+  stored for the backward nor written out; it recomputes them. cuDNN takes the mask folded
+  into the bias, in the inputs' dtype (the position bias is rounded to bf16): with a
+  padding mask that is a [b, h, q, k] tensor per call, and its gradient another. On an
+  H100, T5-Large shapes (32 x 512 tokens, 16 heads of 64, a shared bias and a padding
+  mask), forward + backward took 1.9 against 3.3 ms dense (1.1 ms with the padding given
+  as key lengths instead, which needs right-padded rows). `implementation="xla"` is the
+  same call through XLA (tests)."""
   if bias is not None:
     bias = bias.astype(q.dtype)
-  # cuDNN folds the mask into the bias and needs the result's last two axes full-sized.
+  # cuDNN needs the folded bias's last two axes full-sized.
   mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
-  out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=1.0,
+  # A query that sees no key (every query of an all-padding example) gets `dense`'s result,
+  # the mean of the values, and the kernel sees it with every key visible. Masked as it
+  # is, cuDNN's gradients there were far off on an H100 (a norm 30x that of the other
+  # rows' gradients); the dense gradients for q and k are zero.
+  sees_a_key = jnp.any(mask, axis=-1, keepdims=True)  # [b, 1|h, q, 1]
+  out = jax.nn.dot_product_attention(q, k, v, bias, mask | ~sees_a_key, scale=1.0,
                                      implementation=implementation)
-  # A query that sees no key (a padding row) gets `dense`'s uniform average of the values.
-  # This also keeps gradients away from cuDNN's for such rows, which on an H100 were far
-  # off (norm 30x the real rows' gradients) where the dense ones are zero for q and k.
-  sees_a_key = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]  # [b, q, 1|h, 1]
-  return jnp.where(sees_a_key, out, jnp.mean(v, axis=1, keepdims=True).astype(out.dtype))
+  return jnp.where(sees_a_key.transpose(0, 2, 1, 3), out,
+                   jnp.mean(v, axis=1, keepdims=True).astype(out.dtype))
 
 
 # Dense scores smaller than this (float32 elements; 8 MiB) stay in a CPU's last-level cache
@@ -76,6 +89,10 @@ def use_blocked(batch: int, heads: int, q_len: int, k_len: int) -> bool:
   is active (a per-example loop over a sharded batch would gather it)."""
   if jax.default_backend() != "cpu" or batch * heads * q_len * k_len < MIN_SCORES:
     return False
+  return _one_device_mesh()
+
+
+def _one_device_mesh() -> bool:
   mesh = jax.sharding.get_abstract_mesh()
   return mesh.empty or mesh.size == 1
 

@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,9 @@ import numpy as np
 from hypert5 import decoding
 from hypert5.models import gisting, llama, t5
 from hypert5.training import modes
+
+if TYPE_CHECKING:  # imported where used: training and benchmarking run without TensorFlow
+  import seqio
 
 log = logging.getLogger(__name__)
 

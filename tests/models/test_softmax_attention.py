@@ -59,13 +59,16 @@ def test_blocked_skips_a_frozen_bias_and_jits():
   np.testing.assert_allclose(f(q), want, rtol=1e-4, atol=1e-5)
 
 
-def test_use_fused_needs_a_gpu_16_bit_inputs_and_even_lengths():
+def test_fused_takes_16_bit_inputs_heads_of_8k_up_to_128_and_even_lengths():
   q = jnp.zeros((2, 512, 16, 64), jnp.bfloat16)
-  on_gpu = jax.default_backend() == "gpu"
-  assert sa.use_fused(q, 544) == on_gpu
-  assert not sa.use_fused(q.astype(jnp.float32), 544)
-  assert not sa.use_fused(q, 545)
-  assert not sa.use_fused(q[..., :60], 544)
+  assert sa.fused_supports(q, 544) and sa.fused_supports(q.astype(jnp.float16), 544)
+  assert not sa.fused_supports(q.astype(jnp.float32), 544)
+  assert not sa.fused_supports(q, 545)
+  assert not sa.fused_supports(q[:, :1], 544)  # one decode step's query
+  assert not sa.fused_supports(q[..., :60], 544)
+  assert not sa.fused_supports(jnp.zeros((2, 512, 16, 136), jnp.bfloat16), 544)
+  if jax.default_backend() == "cpu":
+    assert not sa.use_fused(q, 544)
 
 
 def test_use_blocked_needs_large_scores_on_one_device():
@@ -79,16 +82,17 @@ def test_use_blocked_needs_large_scores_on_one_device():
 
 
 def test_fused_gives_a_query_that_sees_no_key_the_dense_result(monkeypatch):
-  """Where no key is visible, `fused` does not use the kernel's result (cuDNN's gradients
-  there were far off on an H100): a stand-in kernel that is wrong only there changes
-  neither the values nor the gradients."""
+  """Where no key is visible, `fused` neither shows the kernel such a row nor uses its
+  result there (cuDNN's gradients there were far off on an H100): a stand-in kernel that
+  returns NaN for such rows changes neither the values nor the gradients."""
   real = jax.nn.dot_product_attention
 
-  def wrong_where_nothing_is_visible(q, k, v, bias, mask, **kw):
+  def nan_where_nothing_is_visible(q, k, v, bias, mask, **kw):
     sees_a_key = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
-    return jnp.where(sees_a_key, real(q, k, v, bias, mask, **kw), 7.0 * q * k[:, :1])
+    nan_there = jnp.where(sees_a_key, 0.0, jnp.nan)  # NaN values and gradients there only
+    return jnp.where(sees_a_key, real(q, k, v, bias, mask, **kw), q * nan_there)
 
-  monkeypatch.setattr(jax.nn, "dot_product_attention", wrong_where_nothing_is_visible)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", nan_where_nothing_is_visible)
   test_equals_dense("fused", "empty example", "shared")
 
 
