@@ -7,6 +7,7 @@
 #   bash benchmarks/device_bench.sh RUN...    RUN = size:kind[:batch[:remat[:scan]]], defaults 32:full:True
 # e.g. large:hyper_lora  large:hyper_prefix:32:dots  small:hyper_lora:64:none:False
 # (scan: an unscanned model's jitted init alone compiled for 93 s at T5-small on an H100)
+# PROFILE=1: also trace 3 more steps of each run and print its top kernels ($out/NAME.kernels).
 set -u
 out=${OUT:-out}; mkdir -p "$out"
 if ! python3 -c "import gin; gin.external_configurable" 2>/dev/null; then  # gin-config, not another gin
@@ -28,7 +29,10 @@ for spec in "$@"; do
     --gin_file="models/$size.gin" --gin_file="models/$kind.gin" --gin_file=runs/bench.gin \
     --gin.hypert5.get_config.dtype="'bfloat16'" --gin.experiment.batch_size="$batch" \
     --gin.hypert5.get_config.remat_policy="'$remat'" --gin.hypert5.get_config.scan_layers="$scan" \
-    --gin.bench.output_file="'$out/$name.json'" > "$out/$name.log" 2>&1
+    --gin.bench.output_file="'$out/$name.json'" ${PROFILE:+--gin.bench.profile_dir="'/tmp/prof_$name'"} \
+    > "$out/$name.log" 2>&1
   echo "exit $?"; grep -E '"(step_time_s|tokens_per_s|tflops_per_device|mfu|peak_memory_gb)"' "$out/$name.log" \
     || grep -E "Finished|Error|error" "$out/$name.log" | tail -8
+  if [ -n "${PROFILE:-}" ] && python3 benchmarks/trace_summary.py "/tmp/prof_$name" --top 40 \
+      > "$out/$name.kernels" 2>&1; then head -22 "$out/$name.kernels"; fi
 done

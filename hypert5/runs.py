@@ -578,15 +578,21 @@ def export(examples_file: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
 
 @gin.configurable
 def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
-          input_batches: int = 20, input_warmup: int = 20) -> dict:
+          input_batches: int = 20, input_warmup: int = 20, profile_dir: str | None = None,
+          profile_steps: int = 3) -> dict:
   """Times training steps on random tokens at the configured size, mode and batch, then
   the input pipeline alone: `input_batches` batches of MIXTURE as training pulls them,
   after `input_warmup` more (input_batches=0 skips this, e.g. for a mixture whose data is
   not on this machine). A mixture starts each task's pipeline when it first draws from
-  that task, so one of many tasks needs a longer warm-up before its rate is steady."""
+  that task, so one of many tasks needs a longer warm-up before its rate is steady.
+  With `profile_dir`, `profile_steps` more steps run under jax.profiler after the timed
+  ones (the profiler slows what it traces): a TensorBoard / Perfetto trace there, which
+  benchmarks/trace_summary.py sums by kernel."""
   exp = experiment()
+  profile = (profile_dir, profile_steps)
   if runs_llama.handles(exp):
-    return runs_llama.bench(exp, steps, warmup, output_file, (input_warmup, input_batches))
+    return runs_llama.bench(exp, steps, warmup, output_file, (input_warmup, input_batches),
+                            profile)
   obj, lengths, b = exp.objective, exp.task_feature_lengths, exp.batch_size
   rng = np.random.default_rng(0)
   batch = {k: rng.integers(2, obj.t5.vocab_size, shape).astype(np.int32)
@@ -596,7 +602,8 @@ def bench(steps: int = 10, warmup: int = 2, output_file: str | None = None,
                           t5.init_params(obj.t5, jax.random.key(0)), batch, steps, warmup,
                           _step_flops(exp),
                           b * queries_per_row(exp) * (lengths["inputs"] + lengths["targets"]),
-                          output_file, (input_warmup, input_batches), lengths=lengths)
+                          output_file, (input_warmup, input_batches), profile,
+                          lengths=lengths)
 
 
 def time_input(exp: Experiment, timed: dict, warmup: int, n: int) -> dict:
@@ -633,8 +640,9 @@ def time_input(exp: Experiment, timed: dict, warmup: int, n: int) -> dict:
 
 
 def _step_times(exp: Experiment, opt, trainable, frozen, batch: dict, steps: int,
-                warmup: int) -> list[float]:
-  """Wall times of `steps` jitted, donated train steps on one placed batch, after `warmup`."""
+                warmup: int, profile: tuple[str | None, int] = (None, 0)) -> list[float]:
+  """Wall times of `steps` jitted, donated train steps on one placed batch, after `warmup`;
+  then, with `profile` = (directory, n), n more steps under jax.profiler."""
   mesh = partitioning.make_mesh(exp.mesh)
   tr = trainer_lib.Trainer(exp.objective, opt, exp.trainer, mesh, batch)
   state, frozen = tr.init_state(trainable), tr.place_frozen(frozen)
@@ -647,23 +655,29 @@ def _step_times(exp: Experiment, opt, trainable, frozen, batch: dict, steps: int
       jax.block_until_ready(metrics)
       if i >= warmup:
         times.append(time.perf_counter() - t0)
+    if profile[0]:
+      with jax.profiler.trace(profile[0], create_perfetto_trace=True):
+        for _ in range(profile[1]):
+          state, metrics = tr._step(state, frozen, placed)
+          jax.block_until_ready(metrics)
   return times
 
 
 def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps: int,
                      warmup: int, step_flops: float, tokens_per_step: int,
                      output_file: str | None, input_counts: tuple[int, int] = (0, 0),
-                     **fields) -> dict:
+                     profile: tuple[str | None, int] = (None, 0), **fields) -> dict:
   """`hypert5 bench`'s measurement (T5 and Llama experiments): the median time of `steps`
   jitted, donated train steps after `warmup`, on one fixed batch; throughput, TFLOP/s,
   MFU and peak memory from it. With `input_counts` = (warm-up, timed) batches, timed > 0,
   then the input pipeline alone (`time_input`) and `input_headroom`: how many times faster
   it makes batches than the step consumes them (per host: each pulls its share). Prints
   the result as JSON and writes it to `output_file`, the step's part also when the input
-  timing fails."""
+  timing fails. `profile`: see `bench`."""
   obj = exp.objective
   trainable, frozen = obj.init(jax.random.key(1), downstream)
-  step_time = float(np.median(_step_times(exp, opt, trainable, frozen, batch, steps, warmup)))
+  step_time = float(np.median(_step_times(exp, opt, trainable, frozen, batch, steps, warmup,
+                                          profile)))
   peak, source = flops.device_peak_flops()
   tflops = step_flops / step_time / jax.device_count() / 1e12
   stats = jax.devices()[0].memory_stats() or {}
@@ -675,6 +689,7 @@ def time_train_steps(exp: Experiment, opt, downstream: dict, batch: dict, steps:
       "mfu": tflops * 1e12 / peak if peak else None, "peak_source": source,
       "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
       "trainable_params": modes.count_params(trainable),
+      **({"profile_dir": profile[0]} if profile[0] else {}),
   }
   try:
     if input_counts[1]:  # after the steps, so tf.data's threads do not slow them

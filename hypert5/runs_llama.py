@@ -361,7 +361,7 @@ def export(exp: runs.Experiment, examples_file: str, output_dir: str,
 
 
 def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None,
-          input_counts: tuple[int, int]) -> dict:
+          input_counts: tuple[int, int], profile: tuple[str | None, int]) -> dict:
   """runs.bench: times training steps on random tokens at the configured Llama size."""
   obj = exp.objective
   shapes = batch_shapes(exp)
@@ -374,5 +374,5 @@ def bench(exp: runs.Experiment, steps: int, warmup: int, output_file: str | None
   downstream = llama.init_params(obj.llama, jax.random.key(0))
   return runs.time_train_steps(exp, optimizer(exp), downstream, batch, steps, warmup,
                                _step_flops(exp, shapes), tokens, output_file, input_counts,
-                               model="llama",
+                               profile, model="llama",
                                lengths={k: s[1] for k, s in shapes.items()})

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from scripts import load_script  # tests/helpers (pytest.ini pythonpath)
 
 from hypert5 import main
 from hypert5.training import flops
@@ -124,3 +125,18 @@ def test_bench_runs_without_tensorflow(tmp_path):
   r = json.loads((tmp_path / "bench.json").read_text())
   assert r["mode"] == "hyper" and r["batch"] == 4 and r["step_time_s"] > 0
   assert "input_s_per_batch" not in r  # the input pipeline is not timed there
+
+
+def test_bench_profiles_more_steps_and_the_summary_reads_them(tmp_path, capsys):
+  """bench.profile_dir: a trace of bench.profile_steps more steps, which
+  benchmarks/trace_summary.py sums by kernel (here XLA's CPU ops)."""
+  r = _bench(tmp_path, "models/tiny.gin", {"hyper_inputs": 24, "inputs": 8, "targets": 6},
+             "--gin_file=models/hyper_lora.gin", f"--gin.bench.profile_dir='{tmp_path}/prof'",
+             "--gin.bench.profile_steps=2", "--gin.bench.input_batches=0")
+  assert r["profile_dir"] == f"{tmp_path}/prof"
+  summary = load_script("benchmarks/trace_summary.py")
+  total, calls, source = summary.kernel_times(summary.newest_trace(f"{tmp_path}/prof"))
+  assert total and all(ms > 0 for ms in total.values())
+  assert any("fusion" in name for name in total) and set(calls.values()) >= {2}
+  assert summary.main([f"{tmp_path}/prof", "--top", "3"]) == 0
+  assert len([l for l in capsys.readouterr().out.splitlines() if " calls " in l]) == 3
