@@ -29,10 +29,13 @@ for spec in "$@"; do
     --gin_file="models/$size.gin" --gin_file="models/$kind.gin" --gin_file=runs/bench.gin \
     --gin.hypert5.get_config.dtype="'bfloat16'" --gin.experiment.batch_size="$batch" \
     --gin.hypert5.get_config.remat_policy="'$remat'" --gin.hypert5.get_config.scan_layers="$scan" \
-    --gin.bench.output_file="'$out/$name.json'" ${PROFILE:+--gin.bench.profile_dir="'/tmp/prof_$name'"} \
+    --gin.bench.output_file="'$out/$name.json'" \
+    $([ "${PROFILE:-0}" = 1 ] && echo "--gin.bench.profile_dir='/tmp/prof_$name'") \
     > "$out/$name.log" 2>&1
   echo "exit $?"; grep -E '"(step_time_s|tokens_per_s|tflops_per_device|mfu|peak_memory_gb)"' "$out/$name.log" \
     || grep -E "Finished|Error|error" "$out/$name.log" | tail -8
-  if [ -n "${PROFILE:-}" ] && python3 benchmarks/trace_summary.py "/tmp/prof_$name" --top 40 \
-      > "$out/$name.kernels" 2>&1; then head -22 "$out/$name.kernels"; fi
+  if [ "${PROFILE:-0}" = 1 ]; then
+    python3 benchmarks/trace_summary.py "/tmp/prof_$name" --top 40 > "$out/$name.kernels" 2>&1
+    head -22 "$out/$name.kernels"
+  fi
 done

@@ -1,6 +1,7 @@
 """`hypert5 bench` end to end at toy shapes (T5 HyperT5-LoRA and HyperLlama): the report's
 fields, its arithmetic (tokens/s and TFLOP/s from the measured step time, the analytic FLOP
 count) and the JSON file. Speed itself is the benchmark's business, not asserted here."""
+import gzip
 import json
 import math
 import os
@@ -135,8 +136,30 @@ def test_bench_profiles_more_steps_and_the_summary_reads_them(tmp_path, capsys):
              "--gin.bench.profile_steps=2", "--gin.bench.input_batches=0")
   assert r["profile_dir"] == f"{tmp_path}/prof"
   summary = load_script("benchmarks/trace_summary.py")
-  total, calls, source = summary.kernel_times(summary.newest_trace(f"{tmp_path}/prof"))
-  assert total and all(ms > 0 for ms in total.values())
+  total, calls, busy, source = summary.kernel_times(summary.newest_trace(f"{tmp_path}/prof"))
+  assert source == "XLA CPU ops" and total and all(ms >= 0 for ms in total.values())
+  assert 0 < sum(total.values()) <= busy + 1e-6
   assert any("fusion" in name for name in total) and set(calls.values()) >= {2}
   assert summary.main([f"{tmp_path}/prof", "--top", "3"]) == 0
   assert len([l for l in capsys.readouterr().out.splitlines() if " calls " in l]) == 3
+
+
+def test_trace_summary_counts_each_kernel_once_without_what_it_encloses(tmp_path):
+  """A span that encloses others (a scanned layer's `while`) counts only its own time; an
+  async copy's end marker is no kernel; busy time is the union of a stream's spans."""
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #7"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  span = lambda name, ts, dur, pid=1: {"ph": "X", "pid": pid, "tid": 7, "name": name,
+                                       "ts": ts, "dur": dur}
+  events = meta + [span("while.3", 0, 10_000), span("fusion.1", 2_000, 3_000),
+                   span("gemm", 5_000, 4_000), span("end: copy.2", 9_000, 500),
+                   span("fusion.1", 20_000, 1_000), span("python", 0, 50_000, pid=2)]
+  os.makedirs(tmp_path / "plugins")
+  with gzip.open(tmp_path / "plugins" / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  summary = load_script("benchmarks/trace_summary.py")
+  total, calls, busy, source = summary.kernel_times(summary.newest_trace(str(tmp_path)))
+  assert source == "device kernels" and busy == 11.0
+  assert total == {"while.3": 3.0, "fusion.1": 4.0, "gemm": 4.0}
+  assert calls == {"while.3": 1, "fusion.1": 2, "gemm": 1}

@@ -36,8 +36,9 @@ def dense(q: Array, k: Array, v: Array, bias: Array | None, mask: Array,
 
 
 def use_fused(q: Array, k_len: int) -> bool:
-  """cuDNN's fused attention applies: one NVIDIA GPU of compute capability 8.0 or later
-  (its flash kernels' floor; a mesh of several is not yet measured) and shapes it takes."""
+  """cuDNN's fused attention applies: an NVIDIA GPU of compute capability 8.0 or later (its
+  flash kernels' floor), no mesh of several devices (not yet tried: cuDNN's partitioner
+  takes only some shardings), and shapes it takes."""
   device = jax.devices()[0]
   on_cuda = (jax.default_backend() == "gpu" and "cuda" in device.client.platform_version
              and tuple(map(int, device.compute_capability.split("."))) >= (8, 0))

@@ -23,7 +23,11 @@ MASKS = {
     "padding": jnp.asarray(np.random.default_rng(1).random((B, 1, 1, K)) > 0.3),
     "causal": jnp.tril(jnp.ones((Q, K), bool), 2)[None, None],
     "empty example": jnp.ones((B, 1, 1, K), bool).at[1].set(False),
+    "a query that sees nothing": jnp.tril(jnp.ones((Q, K), bool), 2).at[3].set(False)[None, None],
+    "per example, one query blind": jnp.broadcast_to(
+        jnp.tril(jnp.ones((Q, K), bool), 2), (B, 1, Q, K)).at[2, 0, 5].set(False),
 }
+NOTHING_VISIBLE = ["empty example", "a query that sees nothing", "per example, one query blind"]
 BIASES = {"none": None, "shared": (1, H, Q, K), "per example": (B, H, Q, K)}
 
 
@@ -71,6 +75,20 @@ def test_fused_takes_16_bit_inputs_heads_of_8k_up_to_128_and_even_lengths():
     assert not sa.use_fused(q, 544)
 
 
+@pytest.mark.parametrize("capability,devices,expected", [
+    ("9.0", 1, True), ("8.0", 1, True), ("7.5", 1, False), ("9.0", 2, False)])
+def test_use_fused_needs_one_cuda_device_of_capability_8(monkeypatch, capability, devices,
+                                                         expected):
+  class Device:  # what use_fused reads of a CUDA device
+    compute_capability = capability
+    client = type("Client", (), {"platform_version": "cuda 12080"})()
+
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [Device()] * devices)
+  monkeypatch.setattr(sa, "_one_device_mesh", lambda: devices == 1)
+  assert sa.use_fused(jnp.zeros((2, 512, 16, 64), jnp.bfloat16), 544) == expected
+
+
 def test_use_blocked_needs_large_scores_on_one_device():
   big = (1, 1, 1024, 2048)  # 2**21 scores
   assert sa.use_blocked(*big) == (jax.default_backend() == "cpu")
@@ -81,10 +99,13 @@ def test_use_blocked_needs_large_scores_on_one_device():
       assert not sa.use_blocked(*big)
 
 
-def test_fused_gives_a_query_that_sees_no_key_the_dense_result(monkeypatch):
+@pytest.mark.parametrize("mask", NOTHING_VISIBLE)
+def test_fused_gives_a_query_that_sees_no_key_the_dense_result(monkeypatch, mask):
   """Where no key is visible, `fused` neither shows the kernel such a row nor uses its
   result there (cuDNN's gradients there were far off on an H100): a stand-in kernel that
-  returns NaN for such rows changes neither the values nor the gradients."""
+  would return NaN values and gradients for such rows changes nothing, because `fused`
+  unmasks them before the call (without that, its gradients are NaN; without the
+  replacement after it, its values differ)."""
   real = jax.nn.dot_product_attention
 
   def nan_where_nothing_is_visible(q, k, v, bias, mask, **kw):
@@ -93,7 +114,7 @@ def test_fused_gives_a_query_that_sees_no_key_the_dense_result(monkeypatch):
     return jnp.where(sees_a_key, real(q, k, v, bias, mask, **kw), q * nan_there)
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", nan_where_nothing_is_visible)
-  test_equals_dense("fused", "empty example", "shared")
+  test_equals_dense("fused", mask, "shared")
 
 
 @pytest.mark.parametrize("form", ["blocked", "fused"])
