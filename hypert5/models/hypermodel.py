@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from hypert5.models import peft as peft_lib
 from hypert5.models.configs import T5Config
-from hypert5.models.t5 import Dense, Decoder, Embedder, Encoder, RMSNorm
+from hypert5.models.t5 import Dense, Decoder, Embedder, Encoder, RMSNorm, tokens_matmul
 
 Array = jax.Array
 
@@ -169,7 +169,7 @@ class _RateMatchedDense(nn.Module):
             else nn.initializers.zeros)
     kernel = self.param("kernel", nn.with_logical_partitioning(init, ("mlp", "embed")),
                         (fan_in, self.features), jnp.dtype(self.t5.param_dtype))
-    return jnp.dot(x, kernel.astype(x.dtype)) / fan_in
+    return tokens_matmul(x, kernel.astype(x.dtype)) / fan_in
 
 
 class HyperT5(nn.Module):

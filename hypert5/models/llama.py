@@ -33,7 +33,7 @@ import numpy as np
 
 from hypert5.models import peft as peft_lib
 from hypert5.models.configs import REMAT_POLICIES
-from hypert5.models.t5 import Dense, Embedder, RMSNorm, remat_layer
+from hypert5.models.t5 import Dense, Embedder, RMSNorm, lora_delta, remat_layer
 
 Array = jax.Array
 NEG_INF = -1e10
@@ -176,11 +176,6 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 # --------------------------------------------------------------------------- layers
 
 
-def _lora_delta(x: Array, pair: tuple[Array, Array]) -> Array:
-  a, b = pair  # [batch or 1, d_in, r], [batch or 1, r, d_out] (B holds alpha/r)
-  return jnp.matmul(jnp.matmul(x, a.astype(x.dtype)), b.astype(x.dtype))
-
-
 def _project(cfg: LlamaConfig, name: str, features: int, axes, x: Array,
              lora: dict, gate: Array | None) -> Array:
   """Dense `name` plus its LoRA delta; `gate` [b, T, 1] switches LoRA per token (one-pass
@@ -189,7 +184,7 @@ def _project(cfg: LlamaConfig, name: str, features: int, axes, x: Array,
   y = Dense(features, axes, 1.0, cfg, name=name)(x, pair if gate is None else None)
   if pair is not None and gate is not None:
     xd = x.astype(jnp.dtype(cfg.dtype))
-    y = y + gate.astype(y.dtype) * _lora_delta(xd, pair)
+    y = y + gate.astype(y.dtype) * lora_delta(xd, pair)
   return y
 
 

@@ -51,6 +51,23 @@ class RMSNorm(nn.Module):
     return (x32 * scale.astype(jnp.float32)).astype(_dtype(cfg.dtype))
 
 
+def tokens_matmul(x: Array, w: Array, **dot_kwargs) -> Array:
+  """x [..., d_in] @ w [d_in, d_out] with the tokens as one axis: the gradient of w is then
+  one [tokens, d_in] x [tokens, d_out] product. Over [batch, length] XLA:CPU contracted two
+  axes and first transposed the output gradient in a slow copy (the demo hypermodel's MLP,
+  forward + backward: 12.6 -> 4.4 ms; its whole training step 0.150 -> 0.121 s)."""
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), w, **dot_kwargs)
+  return y.reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def lora_delta(x: Array, pair: tuple[Array, Array]) -> Array:
+  """(x @ A) @ B for A [batch or 1, d_in, r], B [batch or 1, r, d_out] (B holds alpha/r)."""
+  a, b = (w.astype(x.dtype) for w in pair)
+  if a.shape[0] == 1 and b.shape[0] == 1:  # one LoRA for the whole batch
+    return tokens_matmul(tokens_matmul(x, a[0]), b[0])
+  return jnp.matmul(jnp.matmul(x, a), b)
+
+
 class Dense(nn.Module):
   """x @ kernel, plus an optional per-example low-rank delta (x @ A) @ B."""
   features: int
@@ -66,10 +83,9 @@ class Dense(nn.Module):
     kernel = _param(self, "kernel", init, (x.shape[-1], self.features), self.axes,
                     _dtype(cfg.param_dtype))
     x = x.astype(dtype)
-    y = jnp.dot(x, kernel.astype(dtype))
+    y = tokens_matmul(x, kernel.astype(dtype))
     if lora is not None:
-      a, b = lora  # [batch or 1, d_in, r], [batch or 1, r, d_out]; B already holds alpha/r
-      y = y + jnp.matmul(jnp.matmul(x, a.astype(dtype)), b.astype(dtype))
+      y = y + lora_delta(x, lora)
     return y
 
 
@@ -407,7 +423,8 @@ class Embedder(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0)
 
   def attend(self, x: Array) -> Array:
-    return jnp.dot(x, self.embedding.astype(x.dtype).T, preferred_element_type=jnp.float32)
+    return tokens_matmul(x, self.embedding.astype(x.dtype).T,
+                         preferred_element_type=jnp.float32)
 
 
 class T5(nn.Module):
