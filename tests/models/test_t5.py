@@ -49,6 +49,23 @@ def test_decoder_is_causal_and_encoder_ignores_padding(tiny):
   np.testing.assert_allclose(out, base, atol=1e-5)
 
 
+def test_tokens_matmul_and_lora_delta_match_plain_products():
+  keys = jax.random.split(jax.random.key(0), 5)
+  w = jax.random.normal(keys[0], (8, 6))
+  for shape in [(8,), (3, 8), (2, 5, 8), (2, 3, 4, 8), (0, 5, 8)]:
+    x = jax.random.normal(keys[1], shape)
+    np.testing.assert_allclose(t5.tokens_matmul(x, w), jnp.dot(x, w), rtol=1e-5, atol=1e-5)
+  # The weight gradient is the same product contracted over every token.
+  x, g = jax.random.normal(keys[1], (2, 5, 8)), jax.random.normal(keys[2], (2, 5, 6))
+  grad = jax.grad(lambda w: jnp.sum(t5.tokens_matmul(x, w) * g))(w)
+  np.testing.assert_allclose(grad, jnp.einsum("bld,blf->df", x, g), rtol=1e-5, atol=1e-5)
+  # A shared LoRA [1, ...] (the tokens path) and per-example ones [batch, ...] (batched).
+  for batch in (1, 2):
+    a, b = jax.random.normal(keys[3], (batch, 8, 3)), jax.random.normal(keys[4], (batch, 3, 6))
+    np.testing.assert_allclose(t5.lora_delta(x, (a, b)), jnp.matmul(jnp.matmul(x, a), b),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scan_and_remat_match_plain(tiny, remat):
   cfg, params = tiny
